@@ -1,0 +1,16 @@
+"""DVC stage `train@<architecture>`: train one architecture, checkpoint the best epoch, track it in MLflow."""
+
+import sys
+
+from segpipe.cli import stage_main
+from segpipe.stages.train import run_train
+
+
+def main(argv=None) -> int:
+    return stage_main(
+        __doc__, lambda params, paths, args: run_train(params, args.architecture, paths), argv, with_architecture=True
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""DVC stage `validate`: great-expectations suite over data/prepared; fails the pipeline on bad data."""
+
+import sys
+
+from segpipe.cli import stage_main
+from segpipe.validation import validate_prepared
+
+
+def main(argv=None) -> int:
+    return stage_main(
+        __doc__,
+        lambda params, paths, _: validate_prepared(
+            paths.prepared, paths.validation_summary, params.validate_.max_listed_failures
+        ),
+        argv,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

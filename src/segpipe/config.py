@@ -1,0 +1,173 @@
+"""Typed, validated view of ``params.yaml`` (one section per pipeline stage).
+
+Every stage loads the whole file through :func:`load_params`, so a wrong key or
+value anywhere is reported, naming the key, before any stage does work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from segpipe.models import available_architectures, validate_model_options
+
+
+class ConfigError(ValueError):
+    """``params.yaml`` is missing, unreadable or does not match the schema."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitSizes(_Section):
+    """Number of generated samples per split (synthetic dataset)."""
+
+    train: int = Field(320, ge=1)
+    val: int = Field(64, ge=1)
+    test: int = Field(64, ge=1)
+
+
+class PrepareParams(_Section):
+    """``prepare``: which dataset to build and how."""
+
+    dataset: Literal["synthetic"] = "synthetic"
+    seed: int = 2026
+    image_size: tuple[int, int] = (128, 128)
+    splits: SplitSizes = SplitSizes()
+    ignore_index: int = Field(255, ge=0, le=255)
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive_size(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if min(value) < 16:
+            raise ValueError(f"image_size {list(value)} is too small: use [height, width] of at least 16 px")
+        return value
+
+
+class ValidateParams(_Section):
+    """``validate``: the data-quality gate."""
+
+    max_listed_failures: int = Field(20, ge=1)
+
+
+class AugmentParams(_Section):
+    """Training-time augmentation applied identically to image and mask."""
+
+    hflip: bool = True
+    vflip: bool = False
+
+
+class TrainParams(_Section):
+    """``train``: shared training settings plus per-architecture model options."""
+
+    architectures: list[str] = Field(default_factory=lambda: ["unet", "fcn8s", "smp_unet"], min_length=1)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    augment: AugmentParams = AugmentParams()
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("architectures")
+    @classmethod
+    def _known_architectures(cls, names: list[str]) -> list[str]:
+        known = available_architectures()
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ValueError(f"unknown architecture(s) {unknown}; choose from {known}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"architectures listed twice: {names}")
+        return names
+
+    @model_validator(mode="after")
+    def _valid_model_options(self) -> TrainParams:
+        for name, options in self.models.items():
+            validate_model_options(name, options)
+        return self
+
+    def model_options(self, architecture: str) -> dict[str, Any]:
+        """Options for one architecture (empty when params give none)."""
+        return dict(self.models.get(architecture) or {})
+
+
+class EvaluateParams(_Section):
+    """``evaluate``: test-split metrics and inference speed."""
+
+    batch_size: int = Field(16, ge=1)
+    speed_runs: int = Field(5, ge=1)
+
+
+class CompareParams(_Section):
+    """``compare``: leaderboard ordering."""
+
+    metric: Literal["test_miou", "test_dice", "test_pixel_acc", "test_mean_class_acc"] = "test_miou"
+
+
+class RegisterParams(_Section):
+    """``register``: which run becomes the new registered version."""
+
+    metric: Literal["test_miou", "test_dice", "test_pixel_acc", "test_mean_class_acc"] = "test_miou"
+    alias: str = Field("challenger", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+class TrackingParams(_Section):
+    """``tracking``: where MLflow runs go (``MLFLOW_TRACKING_URI`` overrides ``uri``)."""
+
+    enabled: bool = True
+    uri: str = "sqlite:///mlflow.db"
+
+
+class Params(_Section):
+    """The whole ``params.yaml``."""
+
+    prepare: PrepareParams = PrepareParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    compare: CompareParams = CompareParams()
+    register_: RegisterParams = Field(RegisterParams(), alias="register")
+    tracking: TrackingParams = TrackingParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _format_errors(error: ValidationError, source: Path) -> str:
+    lines = [f"{source}: {error.error_count()} invalid setting(s):"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<top level>"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling and section)"
+        shown = "" if item["type"] in ("extra_forbidden", "missing") else f" (got {item.get('input')!r})"
+        lines.append(f"  {key}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: Any, source: Path = Path("params.yaml")) -> Params:
+    """Validate an already-loaded mapping; raise :class:`ConfigError` naming each bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of stage sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; run the stage from the project root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    return parse_params(raw, path)

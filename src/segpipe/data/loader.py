@@ -1,0 +1,77 @@
+"""Batches straight from the uint8 cache: one tensor copy per epoch, flips on the batch, no per-sample Python work."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from segpipe.data.cache import SplitArrays
+
+
+class BatchLoader:
+    """Iterate ``(images float32 [B, 3, H, W] in [0, 1], masks int64 [B, H, W])`` batches on ``device``.
+
+    The split is copied to ``device`` once as uint8; shuffling uses a generator seeded by
+    ``seed + epoch`` so every run sees the same order; flips are applied to image and mask together.
+    ``drop_last`` (for training) skips a final partial batch, since BatchNorm cannot train on one sample.
+    """
+
+    def __init__(
+        self,
+        arrays: SplitArrays,
+        batch_size: int,
+        device: torch.device,
+        shuffle: bool = False,
+        hflip: bool = False,
+        vflip: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        self.images = torch.from_numpy(np.array(arrays.images)).to(device).permute(0, 3, 1, 2)  # copy out of the mmap
+        self.masks = torch.from_numpy(np.array(arrays.masks)).to(device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.hflip = hflip
+        self.vflip = vflip
+        self.seed = seed
+        self.epoch = 0
+        count = int(self.masks.shape[0])
+        full, partial = divmod(count, batch_size)
+        self.num_batches = full if drop_last and full else full + (partial > 0)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.masks.shape[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        count = self.num_samples
+        order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
+        flips = torch.rand(count, 2, generator=generator)
+        for start in range(0, self.num_batches * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            images = self.images[index.to(self.images.device)]
+            masks = self.masks[index.to(self.masks.device)]
+            if self.hflip:
+                images, masks = _flip_where(images, masks, flips[index, 0] < 0.5, dim=-1)
+            if self.vflip:
+                images, masks = _flip_where(images, masks, flips[index, 1] < 0.5, dim=-2)
+            yield images.float().div_(255.0), masks.long()
+
+
+def _flip_where(images: torch.Tensor, masks: torch.Tensor, chosen: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip the chosen samples of a batch along ``dim`` (image and mask alike)."""
+    if not bool(chosen.any()):
+        return images, masks
+    chosen = chosen.to(images.device)
+    images = torch.where(chosen[:, None, None, None], images.flip(dim), images)
+    masks = torch.where(chosen[:, None, None], masks.flip(dim), masks)
+    return images, masks

@@ -1,0 +1,85 @@
+"""The prepared dataset's description: ``dataset.json`` (classes, splits) and ``manifest.csv`` (one row per sample)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from segpipe import io
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+MANIFEST_FILE = "manifest.csv"
+INFO_FILE = "dataset.json"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What every later stage needs to know about the prepared data."""
+
+    name: str
+    class_names: tuple[str, ...]
+    ignore_index: int
+    image_size: tuple[int, int]
+    split_sizes: dict[str, int]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def save(self, prepared_dir: Path) -> None:
+        io.write_json(prepared_dir / INFO_FILE, asdict(self))
+
+    @classmethod
+    def load(cls, prepared_dir: Path) -> DatasetInfo:
+        path = Path(prepared_dir) / INFO_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: run the prepare stage first (dvc repro prepare)")
+        raw = io.read_json(path)
+        return cls(
+            name=raw["name"],
+            class_names=tuple(raw["class_names"]),
+            ignore_index=int(raw["ignore_index"]),
+            image_size=(int(raw["image_size"][0]), int(raw["image_size"][1])),
+            split_sizes={k: int(v) for k, v in raw["split_sizes"].items()},
+        )
+
+
+def content_hash(image: np.ndarray) -> str:
+    """Stable hash of decoded pixels (shape included), used to detect leaks between splits."""
+    digest = hashlib.sha256(str(image.shape).encode())
+    digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.hexdigest()[:20]
+
+
+def class_pixel_columns(num_classes: int) -> list[str]:
+    return [f"pixels_class_{k}" for k in range(num_classes)]
+
+
+def manifest_row(
+    sample_id: str, split: str, index: int, image_path: str, mask_path: str, image: np.ndarray, mask: np.ndarray, num_classes: int
+) -> dict[str, object]:
+    """One manifest row: identity, paths (relative to the prepared dir), sizes, class pixel counts, hash."""
+    counts = np.bincount(mask.ravel(), minlength=256)
+    row: dict[str, object] = {
+        "id": sample_id,
+        "split": split,
+        "index": index,
+        "image_path": image_path,
+        "mask_path": mask_path,
+        "height": int(image.shape[0]),
+        "width": int(image.shape[1]),
+        "content_hash": content_hash(image),
+    }
+    row.update({column: int(counts[k]) for k, column in enumerate(class_pixel_columns(num_classes))})
+    return row
+
+
+def read_manifest(prepared_dir: Path) -> pd.DataFrame:
+    path = Path(prepared_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the prepare stage first (dvc repro prepare)")
+    return pd.read_csv(path)

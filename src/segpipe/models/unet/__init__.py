@@ -1,0 +1,5 @@
+"""U-Net architecture."""
+
+from segpipe.models.unet.model import UNet
+
+__all__ = ["UNet"]

@@ -1,0 +1,69 @@
+"""MLflow model registry: register the pipeline's best run as a new version and point an alias at it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import mlflow
+
+from segpipe.config import TrackingParams
+from segpipe.tracking.mlflow_tracking import tracking_uri
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    alias: str
+    architecture: str
+    run_id: str
+    model_uri: str
+    metric: str
+    value: float
+    tracking_uri: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def registered_model_name(dataset: str) -> str:
+    return f"segpipe-{dataset}"
+
+
+def model_card(record: dict[str, Any], metric: str) -> str:
+    """A version description: what was trained, on what, and how it scored."""
+    per_class = record.get("test_per_class_iou") or {}
+    lines = [
+        f"**{record['architecture']}** ({record['family']}) trained on `{record['dataset']}`, "
+        f"best epoch {record['best_epoch']}, device {record['device']}. Selected by `{metric}`.",
+        "",
+        "| metric | value |",
+        "|---|---:|",
+        *(f"| {key} | {record[key]:.4f} |" for key in ("test_miou", "test_dice", "test_pixel_acc", "test_mean_class_acc")),
+        f"| params (M) | {record['params_m']:.2f} |",
+        f"| inference img/s | {record['infer_img_per_s']:.1f} |",
+        "",
+        "| class | IoU |",
+        "|---|---:|",
+        *(f"| {name} | {'n/a' if value is None else f'{value:.4f}'} |" for name, value in per_class.items()),
+    ]
+    return "\n".join(lines)
+
+
+def register_version(
+    tracking: TrackingParams, dataset: str, record: dict[str, Any], metric: str, alias: str
+) -> RegisteredVersion:
+    """Register ``record['model_uri']`` as a new version of ``segpipe-<dataset>`` and set ``alias`` on it."""
+    uri = tracking_uri(tracking)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    name = registered_model_name(dataset)
+    version = mlflow.register_model(
+        record["model_uri"], name,
+        tags={"architecture": record["architecture"], "dataset": dataset, metric: f"{record[metric]:.6f}"},
+    )
+    client.update_model_version(name, version.version, description=model_card(record, metric))
+    client.set_registered_model_alias(name, alias, version.version)
+    return RegisteredVersion(name, str(version.version), alias, record["architecture"], record["run_id"],
+                             record["model_uri"], metric, float(record[metric]), uri)

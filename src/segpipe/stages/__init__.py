@@ -1,0 +1,1 @@
+"""One function per DVC stage; ``pipelines/*.py`` parse arguments and call these."""

@@ -1,0 +1,126 @@
+"""The compare stage: leaderboard (CSV + Markdown) and plots across all trained architectures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from segpipe import io
+from segpipe.config import Params
+from segpipe.data.manifest import DatasetInfo, class_pixel_columns, read_manifest
+from segpipe.metrics import constant_prediction_confusion, metrics_from_confusion
+from segpipe.paths import ProjectPaths
+
+REFERENCE = "majority_class"
+FAMILY_LABELS = {"seed": "seed architecture", "baseline": "smp baseline", "reference": "reference"}
+COLUMNS = ["rank", "architecture", "family", "test_miou", "test_dice", "test_pixel_acc", "test_mean_class_acc",
+           "params_m", "infer_img_per_s", "train_seconds", "best_epoch", "run_id", "model_uri"]
+
+
+def majority_class_row(prepared: Path, info: DatasetInfo) -> dict[str, object]:
+    """Scores of predicting the train split's most frequent class everywhere on the test split."""
+    manifest = read_manifest(prepared)
+    columns = class_pixel_columns(info.num_classes)
+    majority = int(np.argmax(manifest.loc[manifest["split"] == "train", columns].sum().to_numpy()))
+    test_pixels = manifest.loc[manifest["split"] == "test", columns].sum().to_numpy()
+    scores = metrics_from_confusion(constant_prediction_confusion(test_pixels, majority))
+    return {"architecture": REFERENCE, "family": "reference", "test_miou": scores.miou, "test_dice": scores.dice,
+            "test_pixel_acc": scores.pixel_acc, "test_mean_class_acc": scores.mean_class_acc,
+            "test_per_class_iou": dict(zip(info.class_names, scores.per_class_iou))}
+
+
+def load_metrics(paths: ProjectPaths, architectures: list[str]) -> list[dict[str, object]]:
+    records = []
+    for architecture in architectures:
+        path = paths.metrics(architecture)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: run the evaluate stage for {architecture} (dvc repro evaluate@{architecture})")
+        records.append(io.read_json(path))
+    return records
+
+
+def leaderboard_frame(records: list[dict[str, object]], metric: str) -> pd.DataFrame:
+    frame = pd.DataFrame(records).reindex(columns=COLUMNS[1:])
+    frame = frame.sort_values(metric, ascending=False, kind="stable").reset_index(drop=True)
+    frame.insert(0, "rank", range(1, len(frame) + 1))
+    return frame
+
+
+def leaderboard_markdown(frame: pd.DataFrame, dataset: str, metric: str) -> str:
+    def number(value: object, digits: int) -> str:
+        return "" if pd.isna(value) else f"{float(value):.{digits}f}"
+
+    lines = [
+        f"# Leaderboard: {dataset} (test split, sorted by {metric})",
+        "",
+        "| Rank | Model | Kind | mIoU | Dice | Pixel acc | Mean class acc | Params (M) | Inference img/s | Train s |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in frame.itertuples(index=False):
+        lines.append(
+            f"| {row.rank} | {row.architecture} | {FAMILY_LABELS[row.family]} | {number(row.test_miou, 4)} | "
+            f"{number(row.test_dice, 4)} | {number(row.test_pixel_acc, 4)} | {number(row.test_mean_class_acc, 4)} | "
+            f"{number(row.params_m, 2)} | {number(row.infer_img_per_s, 1)} | {number(row.train_seconds, 0)} |"
+        )
+    lines += ["", f"`{REFERENCE}` predicts the most frequent training class everywhere: any useful model must beat it by far."]
+    return "\n".join(lines) + "\n"
+
+
+def _save_figure(figure: object, target: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    io.write_with(target, lambda tmp: figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+    plt.close(figure)
+
+
+def plot_leaderboard(frame: pd.DataFrame, metric: str, target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"seed": "tab:blue", "baseline": "tab:orange", "reference": "tab:gray"}
+    ordered = frame.iloc[::-1]
+    figure, axis = plt.subplots(figsize=(7, 0.5 * len(frame) + 1.2))
+    axis.barh(ordered["architecture"], ordered[metric], color=[colours[f] for f in ordered["family"]])
+    for y, value in enumerate(ordered[metric]):
+        axis.text(value, y, f" {value:.3f}", va="center")
+    axis.set_xlim(0, 1.08)
+    axis.set_xlabel(metric)
+    axis.set_title("segpipe leaderboard (blue: seed architectures, orange: smp baselines, grey: reference)", fontsize=9)
+    _save_figure(figure, target)
+
+
+def plot_per_class_iou(records: list[dict[str, object]], class_names: tuple[str, ...], target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / len(records)
+    positions = np.arange(len(class_names))
+    figure, axis = plt.subplots(figsize=(max(7, 1.2 * len(class_names)), 4))
+    for offset, record in enumerate(records):
+        values = [record["test_per_class_iou"].get(name) or 0.0 for name in class_names]
+        axis.bar(positions + offset * width, values, width, label=record["architecture"])
+    axis.set_xticks(positions + width * (len(records) - 1) / 2, class_names, rotation=20)
+    axis.set_ylabel("test IoU")
+    axis.set_ylim(0, 1)
+    axis.legend(fontsize=8)
+    axis.set_title("Per-class IoU on the test split")
+    _save_figure(figure, target)
+
+
+def run_compare(params: Params, paths: ProjectPaths) -> pd.DataFrame:
+    """Write ``reports/leaderboard.{csv,md}`` and ``reports/plots/{leaderboard,per_class_iou}.png``."""
+    info = DatasetInfo.load(paths.prepared)
+    metric = params.compare.metric
+    records = load_metrics(paths, params.train.architectures)
+    frame = leaderboard_frame([*records, majority_class_row(paths.prepared, info)], metric)
+    io.write_text(paths.leaderboard_csv, frame.to_csv(index=False, float_format="%.6g"))
+    io.write_text(paths.leaderboard_md, leaderboard_markdown(frame, info.name, metric))
+    plot_leaderboard(frame, metric, paths.plots / "leaderboard.png")
+    plot_per_class_iou(records, info.class_names, paths.plots / "per_class_iou.png")
+    return frame

@@ -1,0 +1,31 @@
+"""The register stage: the leaderboard's best model becomes a new registry version with the configured alias."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from segpipe import io
+from segpipe.config import Params
+from segpipe.data.manifest import DatasetInfo
+from segpipe.paths import ProjectPaths
+from segpipe.registry import RegisteredVersion, register_version
+from segpipe.stages.compare import REFERENCE
+
+
+def run_register(params: Params, paths: ProjectPaths) -> RegisteredVersion:
+    """Register the best architecture by ``register.metric``; write ``reports/registry.json``."""
+    if not params.tracking.enabled:
+        raise ValueError("tracking.enabled is false, so no model was logged to MLflow: enable tracking to register")
+    metric = params.register_.metric
+    board = pd.read_csv(paths.leaderboard_csv)
+    candidates = board[board["architecture"] != REFERENCE].sort_values(metric, ascending=False, kind="stable")
+    if candidates.empty:
+        raise ValueError(f"{paths.leaderboard_csv} lists no trained model: run the compare stage after training")
+    best = str(candidates.iloc[0]["architecture"])
+    record = io.read_json(paths.metrics(best))
+    if not record.get("model_uri"):
+        raise ValueError(f"{paths.metrics(best)} has no model_uri: re-train {best} with tracking enabled")
+    info = DatasetInfo.load(paths.prepared)
+    registered = register_version(params.tracking, info.name, record, metric, params.register_.alias)
+    io.write_json(paths.registry_record, registered.as_dict())
+    return registered

@@ -1,0 +1,109 @@
+"""MLflow implementation of the tracking interface: runs, parameters, metrics and logged models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.entities import Metric, Param
+from mlflow.models import infer_signature
+from torch import nn
+
+from segpipe.config import TrackingParams
+
+MODEL_PIP_REQUIREMENTS = [
+    f"torch=={torch.__version__.split('+')[0]}",
+    "torchvision==0.29.1",
+    "segmentation-models-pytorch==0.6.0",
+    "numpy==2.4.6",
+]
+
+
+def tracking_uri(params: TrackingParams) -> str:
+    """``MLFLOW_TRACKING_URI`` wins over params, so the same pipeline can point at an ``mlflow server``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or params.uri
+
+
+def experiment_name(dataset: str) -> str:
+    return f"segpipe-{dataset}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+@dataclass
+class MlflowTracker:
+    """Logs to one existing run through the client API (works for a live or a resumed run)."""
+
+    run_id: str
+    client: mlflow.MlflowClient
+
+    def log_params(self, params: Mapping[str, object]) -> None:
+        items = [Param(key, str(value)) for key, value in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        now = int(mlflow.utils.time.get_current_time_millis())
+        batch = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_model(self, model: nn.Module, input_example: np.ndarray) -> str:
+        """Log ``model`` (pickle format, so any input size divisible by its stride works); return its URI."""
+        model = model.eval()
+        with torch.no_grad():
+            output = model(torch.from_numpy(input_example).to(next(model.parameters()).device)).cpu().numpy()
+        with _active(self.run_id):
+            info = mlflow.pytorch.log_model(
+                model,
+                name="model",
+                serialization_format="pickle",
+                pip_requirements=MODEL_PIP_REQUIREMENTS,
+                signature=infer_signature(input_example, output),
+            )
+        return info.model_uri
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, path, artifact_path)
+
+
+@contextmanager
+def _active(run_id: str) -> Iterator[None]:
+    """Make ``run_id`` the active run for fluent-only calls, without ending it afterwards."""
+    already = mlflow.active_run()
+    if already is not None and already.info.run_id == run_id:
+        yield
+        return
+    mlflow.start_run(run_id=run_id)
+    try:
+        yield
+    finally:
+        mlflow.end_run()
+
+
+@contextmanager
+def start_run(params: TrackingParams, dataset: str, run_name: str, tags: Mapping[str, str]) -> Iterator[MlflowTracker]:
+    """A new run in experiment ``segpipe-<dataset>``; marked FAILED if the block raises."""
+    mlflow.set_tracking_uri(tracking_uri(params))
+    mlflow.set_experiment(experiment_name(dataset))
+    with mlflow.start_run(run_name=run_name, tags={"git_commit": git_commit(), **tags}) as run:
+        yield MlflowTracker(run.info.run_id, mlflow.MlflowClient())
+
+
+def resume_run(params: TrackingParams, run_id: str) -> MlflowTracker:
+    """A tracker for a finished run (evaluate adds test metrics to the run that trained the model)."""
+    mlflow.set_tracking_uri(tracking_uri(params))
+    client = mlflow.MlflowClient()
+    client.get_run(run_id)  # raises a clear MlflowException if the run is not in this store
+    return MlflowTracker(run_id, client)

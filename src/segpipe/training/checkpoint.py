@@ -1,0 +1,55 @@
+"""Checkpoints as plain tensors + metadata, written atomically and read back with ``weights_only=True``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from segpipe import io
+from segpipe.models import build_model
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """Everything needed to rebuild the model without params.yaml."""
+
+    architecture: str
+    options: dict[str, Any]
+    num_classes: int
+    class_names: tuple[str, ...]
+    image_size: tuple[int, int]
+    epoch: int
+    val_miou: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(path: Path, model: nn.Module, meta: CheckpointMeta) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"meta": asdict(meta), "state_dict": state}
+    io.write_with(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, CheckpointMeta]:
+    """Rebuild the model from a checkpoint; never unpickles arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the train stage for this architecture first")
+    payload = torch.load(path, map_location=device, weights_only=True)
+    raw = payload["meta"]
+    meta = CheckpointMeta(
+        architecture=raw["architecture"],
+        options=dict(raw["options"]),
+        num_classes=int(raw["num_classes"]),
+        class_names=tuple(raw["class_names"]),
+        image_size=(int(raw["image_size"][0]), int(raw["image_size"][1])),
+        epoch=int(raw["epoch"]),
+        val_miou=float(raw["val_miou"]),
+        extra=dict(raw.get("extra", {})),
+    )
+    model = build_model(meta.architecture, meta.num_classes, options=meta.options)
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), meta

@@ -1,0 +1,38 @@
+"""The tracking interface the training core talks to; MLflow plugs in from ``segpipe.tracking``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import numpy as np
+from torch import nn
+
+
+class Tracker(Protocol):
+    """Receives a run's parameters, per-step metrics and the final model."""
+
+    run_id: str | None
+
+    def log_params(self, params: Mapping[str, object]) -> None: ...
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+
+    def log_model(self, model: nn.Module, input_example: np.ndarray) -> str | None:
+        """Store the model with the run; return its URI (``None`` where nothing is stored)."""
+        ...
+
+
+class NullTracker:
+    """Tracks nothing: for tracking switched off, or hosts without MLflow."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: Mapping[str, object]) -> None:
+        return None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        return None
+
+    def log_model(self, model: nn.Module, input_example: np.ndarray) -> str | None:
+        return None
