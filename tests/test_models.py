@@ -161,6 +161,14 @@ def test_fcn_full_width_has_vgg16_conv_widths():
     assert fc6.kernel_size == (7, 7) and fc6.in_channels == 512
 
 
+def test_fcn_batch_norm_switch():
+    with_bn = build_model("fcn8s", NUM_CLASSES, options={"width": 0.05})
+    plain = build_model("fcn8s", NUM_CLASSES, options={"width": 0.05, "batch_norm": False})
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in with_bn.encoder.modules()) == 13  # one per VGG-16 conv
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert plain(torch.randn(1, 3, 32, 32)).shape == (1, NUM_CLASSES, 32, 32)
+
+
 def test_fcn_default_fc_channels_scale_with_width():
     model = build_model("fcn8s", NUM_CLASSES, options={"width": 0.125})
     assert model.encoder.out_channels == (32, 64, 512)  # pool3, pool4, fc7 = 4096 * 0.125

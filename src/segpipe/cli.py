@@ -30,6 +30,7 @@ def stage_main(
     if with_architecture:
         parser.add_argument("--architecture", required=True, help="a name listed in train.architectures")
     args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen, also in CI logs
     try:
         params = load_params(args.params)
         run(params, ProjectPaths(args.root), args)

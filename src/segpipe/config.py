@@ -26,9 +26,9 @@ class _Section(BaseModel):
 class SplitSizes(_Section):
     """Number of generated samples per split (synthetic dataset)."""
 
-    train: int = Field(320, ge=1)
-    val: int = Field(64, ge=1)
-    test: int = Field(64, ge=1)
+    train: int = Field(800, ge=1)
+    val: int = Field(96, ge=1)
+    test: int = Field(160, ge=1)
 
 
 class PrepareParams(_Section):
@@ -36,7 +36,7 @@ class PrepareParams(_Section):
 
     dataset: Literal["synthetic"] = "synthetic"
     seed: int = 2026
-    image_size: tuple[int, int] = (128, 128)
+    image_size: tuple[int, int] = (64, 64)
     splits: SplitSizes = SplitSizes()
     ignore_index: int = Field(255, ge=0, le=255)
 
@@ -65,9 +65,9 @@ class TrainParams(_Section):
     """``train``: shared training settings plus per-architecture model options."""
 
     architectures: list[str] = Field(default_factory=lambda: ["unet", "fcn8s", "smp_unet"], min_length=1)
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"

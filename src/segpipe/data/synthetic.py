@@ -6,13 +6,13 @@ Each scene is rendered with the painter's algorithm on a float canvas:
 
 1. **Background**: a smooth two-colour gradient along a random direction, plus
    low- and mid-frequency noise (coarse random grids, bilinearly upsampled),
-   plus a few soft Gaussian colour blobs.  Some blobs take a jittered copy of one
+   plus a few soft Gaussian colour blobs, plus fine per-pixel grain (texture).  Some blobs take a jittered copy of one
    of the scene's object colours, so the background regularly contains colours
    that also occur on objects.
 2. **Objects**: 4-8 instances (at least 4 distinct classes, extras favour the
    thin classes) drawn in random order, later ones occluding earlier ones.  Each
    instance gets a colour drawn *independently of its class* (uniform in RGB, or
-   for ~20 % of instances a low-contrast colour close to what lies beneath it)
+   for ~10 % of instances a low-contrast colour close to what lies beneath it)
    and a mild linear shading ramp.  The class is therefore carried only by
    shape: filled ``disc``, rotated ``square`` and ``triangle``, and thin ``ring``
    (annulus ~2-3 px thick) and ``line`` (segment ~2-3 px wide).  Shapes are
@@ -47,7 +47,7 @@ _EXTRA_CLASS_P = np.array([0.12, 0.12, 0.12, 0.3, 0.34])
 _MIN_INSTANCES, _MAX_INSTANCES = 4, 8
 _MIN_SIZE = 16
 # Probability that an instance is low-contrast (coloured like what lies beneath it).
-_CAMOUFLAGE_P = 0.2
+_CAMOUFLAGE_P = 0.1
 
 
 class _Scene(NamedTuple):
@@ -166,6 +166,13 @@ def _background(rng: np.random.Generator, grid: _Grid, object_colours: np.ndarra
         peak = np.float32(rng.uniform(0.4, 0.9))
         alpha = peak * np.exp(inv * (grid.yy - cy) ** 2) * np.exp(inv * (grid.xx - cx) ** 2)
         canvas += alpha[..., None] * (colour.astype(np.float32) - canvas)
+
+    # Fine grain texture (mostly luminance, some chroma): the background is textured,
+    # objects are smooth, so "object or not" has a local cue while the class needs shape.
+    grain = rng.uniform(10.0, 22.0)
+    luminance = rng.standard_normal(size=(h, w, 1), dtype=np.float32)
+    chroma = rng.standard_normal(size=(h, w, 3), dtype=np.float32)
+    canvas += np.float32(grain) * (0.8 * luminance + 0.45 * chroma)
     return canvas
 
 
@@ -272,7 +279,7 @@ def _photometric(rng: np.random.Generator, canvas: np.ndarray) -> np.ndarray:
     contrast = rng.uniform(0.75, 1.25)
     brightness = rng.uniform(-25.0, 25.0)
     cast = rng.normal(0.0, 6.0, size=3).astype(np.float32)
-    sigma = rng.uniform(2.0, 8.0)
+    sigma = rng.uniform(1.5, 4.0)
     out = (canvas - 128.0) * np.float32(contrast) + np.float32(128.0 + brightness) + cast
     out += np.float32(sigma) * rng.standard_normal(size=canvas.shape, dtype=np.float32)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)

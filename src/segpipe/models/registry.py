@@ -38,6 +38,7 @@ class FCNConfig(BaseModel):
     width: float = Field(default=0.25, gt=0, le=1)
     fc_channels: int | None = Field(default=None, ge=1)
     dropout: float = Field(default=0.5, ge=0, lt=1)
+    batch_norm: bool = True
 
 
 Builder = Callable[[Any, int, int], SegmentationNetwork]  # (config, num_classes, in_channels)

@@ -51,5 +51,11 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[nn.
         extra=dict(raw.get("extra", {})),
     )
     model = build_model(meta.architecture, meta.num_classes, options=meta.options)
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        raise ValueError(
+            f"{path} does not fit the current {meta.architecture} code ({str(error).splitlines()[0]}): "
+            f"re-run train for {meta.architecture}"
+        ) from None
     return model.to(device).eval(), meta

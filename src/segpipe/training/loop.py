@@ -94,7 +94,7 @@ def fit(
         bar = tqdm(
             train_loader,
             desc=f"{settings.label} epoch {epoch}/{settings.epochs}",
-            disable=not settings.progress,
+            disable=None if settings.progress else True,  # None: only on a terminal, not in CI logs
             leave=False,
             unit="batch",
         )

@@ -17,16 +17,18 @@ def scaled(channels: int, width: float) -> int:
 class VGG16Encoder(nn.Module):
     """Five conv blocks, each followed by a 2×2 max-pool, then fc6 (7×7 conv) and fc7 (1×1 conv)
     with ReLU + dropout. Returns (pool3, pool4, fc7) at strides 8, 16 and 32; ``out_channels``
-    lists their widths."""
+    lists their widths. ``batch_norm`` gives the VGG-16-BN variant (trains reliably from scratch)."""
 
-    def __init__(self, in_channels: int, width: float, fc_channels: int | None, dropout: float):
+    def __init__(
+        self, in_channels: int, width: float, fc_channels: int | None, dropout: float, batch_norm: bool = True
+    ):
         super().__init__()
         if fc_channels is None:
             fc_channels = scaled(VGG16_FC_CHANNELS, width)
         widths = [scaled(channels, width) for channels, _ in VGG16_BLOCKS]
         block_inputs = [in_channels, *widths[:-1]]
         self.blocks = nn.ModuleList(
-            nn.Sequential(conv_block(block_in, block_out, num_convs), nn.MaxPool2d(2))
+            nn.Sequential(conv_block(block_in, block_out, num_convs, batch_norm), nn.MaxPool2d(2))
             for block_in, block_out, (_, num_convs) in zip(block_inputs, widths, VGG16_BLOCKS)
         )
         self.fc = nn.Sequential(
@@ -41,7 +43,8 @@ class VGG16Encoder(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):  # He init, as torchvision's VGG: trained from scratch
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pooled = []

@@ -19,6 +19,7 @@ class FCN(SegmentationModel):
         width: Multiplier on VGG-16's channels (64…512 and 4096), at least 8 each.
         fc_channels: fc6/fc7 channels; defaults to ``round(4096 * width)``.
         dropout: Dropout probability after fc6 and fc7.
+        batch_norm: BatchNorm after every encoder conv (VGG-16-BN); ``False`` is the original VGG-16.
     """
 
     def __init__(
@@ -29,10 +30,11 @@ class FCN(SegmentationModel):
         width: float = 0.25,
         fc_channels: int | None = None,
         dropout: float = 0.5,
+        batch_norm: bool = True,
     ):
         if variant not in (32, 16, 8):
             raise ValueError(f"FCN variant must be 32, 16 or 8, got {variant}")
-        encoder = VGG16Encoder(in_channels, width, fc_channels, dropout)
+        encoder = VGG16Encoder(in_channels, width, fc_channels, dropout, batch_norm)
         decoder = FCNDecoder(encoder.out_channels, num_classes, variant)
         head = BilinearUpsample(num_classes, factor=variant)
         super().__init__(encoder, decoder, head, output_stride=32)
