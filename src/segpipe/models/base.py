@@ -54,6 +54,11 @@ class SegmentationModel(SegmentationNetwork):
         return self.head(self.decoder(features))
 
 
+def count_params_m(model: nn.Module) -> float:
+    """Parameter count in millions."""
+    return sum(p.numel() for p in model.parameters()) / 1e6
+
+
 def conv_block(
     in_channels: int, out_channels: int, num_convs: int = 2, batch_norm: bool = False
 ) -> nn.Sequential:

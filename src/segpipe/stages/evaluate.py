@@ -14,9 +14,9 @@ from segpipe.data.cache import load_split
 from segpipe.data.loader import BatchLoader
 from segpipe.data.manifest import DatasetInfo
 from segpipe.metrics import metrics_from_confusion
+from segpipe.models import count_params_m
 from segpipe.models.registry import architecture_family
 from segpipe.paths import ProjectPaths
-from segpipe.stages.train import count_params_m
 from segpipe.training.checkpoint import load_checkpoint
 from segpipe.training.device import describe_device, resolve_device
 from segpipe.training.loop import evaluate_split

@@ -14,7 +14,7 @@ from segpipe.config import Params
 from segpipe.data.cache import load_split
 from segpipe.data.loader import BatchLoader
 from segpipe.data.manifest import DatasetInfo
-from segpipe.models import build_model
+from segpipe.models import build_model, count_params_m
 from segpipe.models.registry import architecture_family
 from segpipe.paths import ProjectPaths
 from segpipe.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
@@ -33,10 +33,6 @@ def check_image_size(architecture: str, output_stride: int, image_size: tuple[in
         f"{architecture} needs image sides divisible by {output_stride}, but prepare.image_size is "
         f"{list(image_size)}; set prepare.image_size to e.g. {suggestion}"
     )
-
-
-def count_params_m(model: nn.Module) -> float:
-    return sum(p.numel() for p in model.parameters()) / 1e6
 
 
 @contextlib.contextmanager
