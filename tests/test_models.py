@@ -18,6 +18,10 @@ TINY_OPTIONS = {
     "fcn32s": {"width": 0.125, "fc_channels": 16},
     "fcn16s": {"width": 0.125, "fc_channels": 16},
     "fcn8s": {"width": 0.125, "fc_channels": 16},
+    "autoencoder": {"depth": 2, "base_channels": 8},
+    "segnet": {"blocks": 3, "width": 0.125},
+    "xception_unet": {"entry_channels": 4, "encoder_channels": [8, 8, 16], "decoder_channels": [16, 8, 8, 4]},
+    "dilated": {"base_channels": 4, "context_channels": 8},
     "smp_unet": {"decoder_channels": [16, 8, 8, 8, 8]},
     "smp_fpn": {"decoder_pyramid_channels": 16, "decoder_segmentation_channels": 32},
     "smp_deeplabv3plus": {"decoder_channels": 16},
@@ -153,6 +157,18 @@ def test_fcn16s_starts_with_the_predictions_of_its_32s_path():
         torch.testing.assert_close(model(x), coarse)
 
 
+def test_fcn_variants_differ_exactly_by_their_skip_branches():
+    shapes = {name: {k: v.shape for k, v in tiny(name).state_dict().items()} for name in FCN_VARIANTS}
+    shared = {k for k in shapes["fcn32s"] if not k.startswith("head.")}
+    for name in ("fcn16s", "fcn8s"):
+        assert all(shapes[name][k] == shapes["fcn32s"][k] for k in shared)
+    extra_16 = set(shapes["fcn16s"]) - set(shapes["fcn32s"])
+    extra_8 = set(shapes["fcn8s"]) - set(shapes["fcn16s"])
+    assert extra_16 and all(k.startswith(("decoder.skip_scores.0", "decoder.skip_upsamples.0")) for k in extra_16)
+    assert extra_8 and all(k.startswith(("decoder.skip_scores.1", "decoder.skip_upsamples.1")) for k in extra_8)
+    assert [shapes[n]["head.weight"][-1] for n in FCN_VARIANTS] == [64, 32, 16]
+
+
 def test_fcn_full_width_has_vgg16_conv_widths():
     model = build_model("fcn32s", NUM_CLASSES, options={"width": 1.0, "fc_channels": 64})
     widths = [m.out_channels for m in model.encoder.modules() if isinstance(m, nn.Conv2d)]
@@ -243,7 +259,7 @@ def test_unknown_option_is_named_with_the_allowed_ones():
     [
         ("unet", {"depth": "deep"}, "train.models.unet.depth: Input should be a valid integer"),
         ("unet", {"depth": 7}, "train.models.unet.depth: Input should be less than or equal to 6"),
-        ("unet", {"upsample": "bicubic"}, "'transpose', 'bilinear' or 'nearest'"),
+        ("unet", {"upsample": "bicubic"}, "'nearest', 'bilinear', 'transpose', 'bed_of_nails' or 'max_unpool'"),
         ("fcn16s", {"width": 1.5}, "train.models.fcn16s.width"),
         ("fcn8s", {"fc_channels": "many"}, "train.models.fcn8s.fc_channels"),
         ("smp_unet", {"decoder_channels": [16, 8]}, "train.models.smp_unet.decoder_channels"),
@@ -268,3 +284,29 @@ def test_build_model_applies_validated_options():
     assert build_model("unet", NUM_CLASSES, options={"depth": 2}).output_stride == 4
     with pytest.raises(ValueError, match="train.models.fcn32s.dropout"):
         build_model("fcn32s", NUM_CLASSES, options={"dropout": 1.0})
+
+
+def block_masks(batch: int, size: int, block: int, classes: int) -> torch.Tensor:
+    """Masks made of ``block``-sized squares of random classes: learnable only by fitting them."""
+    coarse = torch.randint(0, classes, (batch, size // block, size // block), generator=torch.Generator().manual_seed(1))
+    return coarse.repeat_interleave(block, 1).repeat_interleave(block, 2)
+
+
+@pytest.mark.parametrize("name", available_architectures())
+def test_every_model_overfits_one_tiny_batch(name):
+    """Loss on one fixed batch falls by more than 90 %: catches wiring bugs that shape tests miss."""
+    model = tiny(name)
+    block = min(32, max(8, model.output_stride))  # FCN-32s cannot draw anything finer than its stride
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    masks = block_masks(2, 64, block, 3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(150):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(images), masks)
+        loss.backward()
+        optimizer.step()
+        first = float(loss) if first is None else first
+        if float(loss) < 0.1 * first:
+            break
+    assert float(loss) < 0.1 * first, f"{name}: loss {first:.3f} -> {float(loss):.3f}"

@@ -79,6 +79,9 @@ def test_all_stages_write_their_outputs(project):
     markdown = (project / "reports/leaderboard.md").read_text()
     assert all(f"| {name} |" in markdown for name in ARCHITECTURES)
     assert (project / "reports/plots/leaderboard.png").stat().st_size > 1000
+    models = pd.read_csv(project / "reports/models.csv")
+    assert {"unet", "fcn8s", "smp_unet", "smp_fpn"} <= set(models["architecture"])
+    assert (models["gflops_256x256"] > 0).all()
 
 
 def test_registry_holds_the_best_model_under_challenger(project):

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import segmentation_models_pytorch as smp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from segpipe.models import autoencoder, dilated, segnet, xception_unet
 from segpipe.models.base import SegmentationNetwork
 from segpipe.models.fcn import FCN
 from segpipe.models.smp_baselines import (
@@ -17,6 +18,7 @@ from segpipe.models.smp_baselines import (
     build_smp,
 )
 from segpipe.models.unet import UNet
+from segpipe.models.upsampling import UpsampleMode
 
 
 class UNetConfig(BaseModel):
@@ -26,7 +28,7 @@ class UNetConfig(BaseModel):
 
     depth: int = Field(default=4, ge=1, le=6)
     base_channels: int = Field(default=16, ge=1)
-    upsample: Literal["transpose", "bilinear", "nearest"] = "transpose"
+    upsample: UpsampleMode = "transpose"
     batch_norm: bool = True
 
 
@@ -67,6 +69,10 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
         ArchitectureSpec("fcn32s", "seed", FCNConfig, partial(_build_fcn, 32)),
         ArchitectureSpec("fcn16s", "seed", FCNConfig, partial(_build_fcn, 16)),
         ArchitectureSpec("fcn8s", "seed", FCNConfig, partial(_build_fcn, 8)),
+        ArchitectureSpec("autoencoder", "seed", autoencoder.AutoencoderConfig, autoencoder.build),
+        ArchitectureSpec("segnet", "seed", segnet.SegNetConfig, segnet.build),
+        ArchitectureSpec("xception_unet", "seed", xception_unet.XceptionUNetConfig, xception_unet.build),
+        ArchitectureSpec("dilated", "seed", dilated.DilatedNetConfig, dilated.build),
         ArchitectureSpec("smp_unet", "baseline", SmpUnetConfig, partial(build_smp, smp.Unet)),
         ArchitectureSpec("smp_fpn", "baseline", SmpFPNConfig, partial(build_smp, smp.FPN)),
         ArchitectureSpec(

@@ -16,7 +16,7 @@ from segpipe.paths import ProjectPaths
 REFERENCE = "majority_class"
 FAMILY_LABELS = {"seed": "seed architecture", "baseline": "smp baseline", "reference": "reference"}
 COLUMNS = ["rank", "architecture", "family", "test_miou", "test_dice", "test_pixel_acc", "test_mean_class_acc",
-           "params_m", "infer_img_per_s", "train_seconds", "best_epoch", "run_id", "model_uri"]
+           "params_m", "gflops", "infer_img_per_s", "train_seconds", "best_epoch", "run_id", "model_uri"]
 
 
 def majority_class_row(prepared: Path, info: DatasetInfo) -> dict[str, object]:
@@ -48,23 +48,32 @@ def leaderboard_frame(records: list[dict[str, object]], metric: str) -> pd.DataF
     return frame
 
 
-def leaderboard_markdown(frame: pd.DataFrame, dataset: str, metric: str) -> str:
+def leaderboard_markdown(
+    frame: pd.DataFrame, records: list[dict[str, object]], class_names: tuple[str, ...], dataset: str, metric: str
+) -> str:
     def number(value: object, digits: int) -> str:
         return "" if pd.isna(value) else f"{float(value):.{digits}f}"
 
     lines = [
         f"# Leaderboard: {dataset} (test split, sorted by {metric})",
         "",
-        "| Rank | Model | Kind | mIoU | Dice | Pixel acc | Mean class acc | Params (M) | Inference img/s | Train s |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| Rank | Model | Kind | mIoU | Dice | Pixel acc | Mean class acc | Params (M) | GFLOPs/img | Inference img/s | Train s |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in frame.itertuples(index=False):
         lines.append(
             f"| {row.rank} | {row.architecture} | {FAMILY_LABELS[row.family]} | {number(row.test_miou, 4)} | "
             f"{number(row.test_dice, 4)} | {number(row.test_pixel_acc, 4)} | {number(row.test_mean_class_acc, 4)} | "
-            f"{number(row.params_m, 2)} | {number(row.infer_img_per_s, 1)} | {number(row.train_seconds, 0)} |"
+            f"{number(row.params_m, 2)} | {number(row.gflops, 3)} | {number(row.infer_img_per_s, 1)} | "
+            f"{number(row.train_seconds, 0)} |"
         )
-    lines += ["", f"`{REFERENCE}` predicts the most frequent training class everywhere: any useful model must beat it by far."]
+    lines += ["", f"`{REFERENCE}` predicts the most frequent training class everywhere: any useful model must beat it by far.",
+              "", "## Per-class IoU (test split)", "",
+              "| Model | " + " | ".join(class_names) + " |", "|---|" + "---:|" * len(class_names)]
+    by_name = {record["architecture"]: record for record in records}
+    for name in frame["architecture"]:
+        per_class = by_name[name]["test_per_class_iou"]
+        lines.append(f"| {name} | " + " | ".join(number(per_class.get(c), 3) for c in class_names) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -118,9 +127,10 @@ def run_compare(params: Params, paths: ProjectPaths) -> pd.DataFrame:
     info = DatasetInfo.load(paths.prepared)
     metric = params.compare.metric
     records = load_metrics(paths, params.train.architectures)
-    frame = leaderboard_frame([*records, majority_class_row(paths.prepared, info)], metric)
+    everything = [*records, majority_class_row(paths.prepared, info)]
+    frame = leaderboard_frame(everything, metric)
     io.write_text(paths.leaderboard_csv, frame.to_csv(index=False, float_format="%.6g"))
-    io.write_text(paths.leaderboard_md, leaderboard_markdown(frame, info.name, metric))
+    io.write_text(paths.leaderboard_md, leaderboard_markdown(frame, everything, info.class_names, info.name, metric))
     plot_leaderboard(frame, metric, paths.plots / "leaderboard.png")
     plot_per_class_iou(records, info.class_names, paths.plots / "per_class_iou.png")
     return frame

@@ -15,6 +15,7 @@ from segpipe.data.loader import BatchLoader
 from segpipe.data.manifest import DatasetInfo
 from segpipe.metrics import metrics_from_confusion
 from segpipe.models import count_params_m
+from segpipe.models.profile import gflops_per_image
 from segpipe.models.registry import architecture_family
 from segpipe.paths import ProjectPaths
 from segpipe.training.checkpoint import load_checkpoint
@@ -62,6 +63,7 @@ def run_evaluate(params: Params, architecture: str, paths: ProjectPaths) -> dict
         **scores.as_dict("test_", info.class_names),
         "test_loss": test_loss,
         "params_m": round(count_params_m(model), 4),
+        "gflops": round(gflops_per_image(model, *info.image_size), 4),
         "infer_img_per_s": round(inference_images_per_second(model, speed_batch, params.evaluate.speed_runs), 2),
         "best_epoch": meta.epoch,
         "best_val_miou": meta.val_miou,

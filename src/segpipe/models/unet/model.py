@@ -3,8 +3,9 @@
 from torch import nn
 
 from segpipe.models.base import SegmentationModel
-from segpipe.models.unet.decoder import UNetDecoder, UpsampleMode
+from segpipe.models.unet.decoder import UNetDecoder
 from segpipe.models.unet.encoder import UNetEncoder
+from segpipe.models.upsampling import UpsampleMode
 
 
 class UNet(SegmentationModel):
@@ -15,8 +16,10 @@ class UNet(SegmentationModel):
         in_channels: Input image channels.
         depth: Number of 2× poolings; ``output_stride`` is ``2**depth``.
         base_channels: Width of the first level; each level below doubles it.
-        upsample: "transpose" (2×2 stride-2 transposed conv) or "bilinear"/"nearest"
-            interpolation followed by a 1×1 conv; each upsampling halves the channels.
+        upsample: A :func:`~segpipe.models.upsampling.make_upsample` mode: "transpose"
+            (2×2 stride-2 transposed conv), or a 1×1 conv followed by "nearest"/"bilinear"
+            interpolation, "bed_of_nails" or "max_unpool" (with the same level's pooling
+            indices); each upsampling halves the channels.
         batch_norm: BatchNorm after every 3×3 conv.
     """
 
