@@ -306,7 +306,8 @@ def test_every_model_overfits_one_tiny_batch(name):
         loss = F.cross_entropy(model(images), masks)
         loss.backward()
         optimizer.step()
-        first = float(loss) if first is None else first
-        if float(loss) < 0.1 * first:
+        last = loss.item()
+        first = last if first is None else first
+        if last < 0.1 * first:
             break
-    assert float(loss) < 0.1 * first, f"{name}: loss {first:.3f} -> {float(loss):.3f}"
+    assert last < 0.1 * first, f"{name}: loss {first:.3f} -> {last:.3f}"

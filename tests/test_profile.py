@@ -6,7 +6,7 @@ from torch import nn
 from segpipe.config import Params
 from segpipe.models import available_architectures, count_params_m
 from segpipe.models.profile import gflops_per_image
-from segpipe.stages.profile import models_table
+from segpipe.stages.models_table import models_table
 
 
 def test_conv_flops_match_the_formula():
@@ -17,7 +17,7 @@ def test_conv_flops_match_the_formula():
 
 
 def test_models_table_lists_every_architecture():
-    params = Params(profile={"image_size": (64, 64)})
+    params = Params(models_table={"image_size": (64, 64)})
     table = models_table(params, num_classes=6)
     assert list(table["architecture"]) == available_architectures()
     assert (table["gflops_64x64"] > 0).all() and (table["params_m"] > 0).all()

@@ -116,8 +116,8 @@ class RegisterParams(_Section):
     alias: str = Field("challenger", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
-class ProfileParams(_Section):
-    """``profile``: reference size of the models table."""
+class ModelsTableParams(_Section):
+    """``models_table``: reference size of the models table."""
 
     image_size: tuple[int, int] = (256, 256)
 
@@ -138,7 +138,7 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     compare: CompareParams = CompareParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
-    profile: ProfileParams = ProfileParams()
+    models_table: ModelsTableParams = ModelsTableParams()
     tracking: TrackingParams = TrackingParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -1,4 +1,4 @@
-"""The profile stage: a models table (params, GFLOPs at a reference size, output stride) for every architecture."""
+"""The models_table stage: a models table (params, GFLOPs at a reference size, output stride) for every architecture."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from segpipe.paths import ProjectPaths
 
 def models_table(params: Params, num_classes: int) -> pd.DataFrame:
     """One row per registered architecture, built with its options from ``train.models``."""
-    height, width = params.profile.image_size
+    height, width = params.models_table.image_size
     rows = []
     for name in available_architectures():
         model = build_model(name, num_classes, options=params.train.model_options(name))
@@ -30,11 +30,11 @@ def models_table(params: Params, num_classes: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_profile(params: Params, paths: ProjectPaths) -> pd.DataFrame:
+def run_models_table(params: Params, paths: ProjectPaths) -> pd.DataFrame:
     """Write ``reports/models.csv`` and ``reports/models.md``."""
     info = DatasetInfo.load(paths.prepared)
     table = models_table(params, info.num_classes)
-    height, width = params.profile.image_size
+    height, width = params.models_table.image_size
     lines = [
         f"# Models ({info.num_classes} classes, GFLOPs per {height}×{width} image, from `torch.utils.flop_counter`)",
         "",

@@ -1,0 +1,14 @@
+"""DVC stage `models_table`: models table (params, GFLOPs, output stride) of every architecture into reports/."""
+
+import sys
+
+from segpipe.cli import stage_main
+from segpipe.stages.models_table import run_models_table
+
+
+def main(argv=None) -> int:
+    return stage_main(__doc__, lambda params, paths, _: run_models_table(params, paths), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
