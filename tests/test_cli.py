@@ -34,7 +34,10 @@ def test_train_refuses_without_passed_validation(tmp_path, capsys):
 
 
 def test_architecture_not_in_params_is_refused(tmp_path, capsys):
-    code = stage("train").main(["--params", str(ROOT / "params.yaml"), "--root", str(tmp_path), "--architecture", "fcn32s"])
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"]["architectures"] = ["unet"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    code = stage("train").main(["--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path), "--architecture", "fcn32s"])
     assert code == 1
     assert "not in train.architectures" in capsys.readouterr().err
 
