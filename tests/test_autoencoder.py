@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
+from overfit import fit_one_batch
 from segpipe.models.autoencoder import Autoencoder, AutoencoderConfig, build
 from segpipe.models.autoencoder.model import AutoencoderUpsample
 
@@ -19,21 +20,6 @@ MODES = get_args(AutoencoderUpsample)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-def fit(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, loss_fn) -> list[float]:
-    """Adam on one batch until the loss is below 10 % of the first (at most 150 steps)."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses: list[float] = []
-    for _ in range(150):
-        optimizer.zero_grad()
-        loss = loss_fn(model(inputs), target)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if losses[-1] < 0.1 * losses[0]:
-            break
-    return losses
 
 
 def blocks(coarse: torch.Tensor, size: int) -> torch.Tensor:
@@ -100,7 +86,7 @@ def test_overfits_segmentation_of_a_single_tiny_batch(upsample):
     images = torch.randn(2, 3, 32, 32, generator=generator)
     masks = blocks(torch.randint(0, NUM_CLASSES, (2, 4, 4), generator=generator), 8)
     model = Autoencoder(NUM_CLASSES, depth=2, base_channels=8, upsample=upsample)
-    losses = fit(model, images, masks, F.cross_entropy)
+    losses = fit_one_batch(model, images, masks, F.cross_entropy)
     assert losses[-1] < 0.1 * losses[0]
 
 
@@ -109,5 +95,5 @@ def test_reconstruction_output_and_overfitting(upsample):
     images = blocks(torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)), 8)
     model = Autoencoder(out_channels=3, in_channels=3, depth=2, base_channels=8, upsample=upsample)
     assert model(images).shape == images.shape
-    losses = fit(model, images, images, F.mse_loss)
+    losses = fit_one_batch(model, images, images, F.mse_loss)
     assert losses[-1] < 0.1 * losses[0]

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
+from overfit import fit_one_batch
 from segpipe.models.segnet import SegNet, SegNetConfig, build
 from segpipe.models.upsampling import UPSAMPLE_MODES
 
@@ -101,14 +102,5 @@ def test_overfits_a_single_tiny_batch(upsample):
     coarse = torch.randint(0, NUM_CLASSES, (2, 4, 4), generator=generator)
     masks = coarse.repeat_interleave(8, 1).repeat_interleave(8, 2)  # random 8×8 blocks
     model = SegNet(NUM_CLASSES, blocks=2, width=0.125, upsample=upsample)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(150):
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(images), masks)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if losses[-1] < 0.1 * losses[0]:
-            break
+    losses = fit_one_batch(model, images, masks, F.cross_entropy)
     assert losses[-1] < 0.1 * losses[0]
