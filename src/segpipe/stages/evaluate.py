@@ -44,6 +44,12 @@ def run_evaluate(params: Params, architecture: str, paths: ProjectPaths) -> dict
     """Write ``reports/metrics/<architecture>.json`` and add the test metrics to the training run."""
     device = resolve_device(params.train.device)
     model, meta = load_checkpoint(paths.checkpoint(architecture), device)
+    run = io.read_json(paths.run_record(architecture))
+    tracker = None
+    if run["run_id"] and params.tracking.enabled:
+        from segpipe.tracking.mlflow_tracking import resume_run
+
+        tracker = resume_run(params.tracking, run["run_id"], architecture)  # fail before any work
     info = DatasetInfo.load(paths.prepared)
     if meta.class_names != info.class_names:
         raise ValueError(
@@ -55,7 +61,6 @@ def run_evaluate(params: Params, architecture: str, paths: ProjectPaths) -> dict
     scores = metrics_from_confusion(matrix)
     speed_batch = next(iter(loader))[0]
     history = io.read_json(paths.history(architecture))
-    run = io.read_json(paths.run_record(architecture))
     record: dict[str, object] = {
         "architecture": architecture,
         "family": architecture_family(architecture),
@@ -74,10 +79,7 @@ def run_evaluate(params: Params, architecture: str, paths: ProjectPaths) -> dict
         "model_uri": run["model_uri"],
     }
     io.write_json(paths.metrics(architecture), record)
-    if run["run_id"] and params.tracking.enabled:
-        from segpipe.tracking.mlflow_tracking import resume_run
-
-        tracker = resume_run(params.tracking, run["run_id"])
+    if tracker is not None:
         numeric = {k: v for k, v in record.items() if k.startswith("test_") and isinstance(v, float)}
         per_class = {f"test_iou_{name}": v for name, v in record["test_per_class_iou"].items() if v is not None}
         tracker.log_metrics({**numeric, **per_class, "infer_img_per_s": record["infer_img_per_s"]})

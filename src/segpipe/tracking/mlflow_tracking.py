@@ -101,9 +101,16 @@ def start_run(params: TrackingParams, dataset: str, run_name: str, tags: Mapping
         yield MlflowTracker(run.info.run_id, mlflow.MlflowClient())
 
 
-def resume_run(params: TrackingParams, run_id: str) -> MlflowTracker:
+def resume_run(params: TrackingParams, run_id: str, architecture: str) -> MlflowTracker:
     """A tracker for a finished run (evaluate adds test metrics to the run that trained the model)."""
-    mlflow.set_tracking_uri(tracking_uri(params))
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
-    client.get_run(run_id)  # raises a clear MlflowException if the run is not in this store
+    try:
+        client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ValueError(
+            f"MLflow run {run_id} that trained {architecture} is not in the tracking store {uri}: point "
+            f"MLFLOW_TRACKING_URI at the store that has it, or re-train (dvc repro -f train@{architecture})"
+        ) from None
     return MlflowTracker(run_id, client)
