@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-from overfit import fit_one_batch
+from model_checks import fit_one_batch, parameters_without_gradient
 from segpipe.models.autoencoder import Autoencoder, AutoencoderConfig, build
 from segpipe.models.autoencoder.model import AutoencoderUpsample
 
@@ -41,9 +41,7 @@ def test_logits_at_input_size_and_gradients_reach_every_parameter(upsample):
     for height, width in [(32, 48), (64, 64)]:
         logits = model(torch.randn(2, 4, height, width))
         assert logits.shape == (2, NUM_CLASSES, height, width)
-    F.cross_entropy(logits, torch.randint(0, NUM_CLASSES, (2, 64, 64))).backward()
-    without_gradient = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
-    assert not without_gradient
+    assert not parameters_without_gradient(model, logits)
 
 
 def test_size_not_divisible_by_output_stride_raises_naming_it():

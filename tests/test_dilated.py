@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-from overfit import coloured_block_batch, fit_one_batch
+from model_checks import coloured_block_batch, fit_one_batch, parameters_without_gradient
 from segpipe.models.dilated import DilatedNet, DilatedNetConfig, build
 
 NUM_CLASSES = 3
@@ -50,10 +50,7 @@ def test_front_downsamples_set_output_stride(front_downsamples):
 def test_gradients_reach_every_parameter(options):
     model = tiny(**options)
     logits = model(torch.randn(2, 3, 32, 48))
-    F.cross_entropy(logits, torch.randint(0, NUM_CLASSES, (2, 32, 48))).backward()
-    parameters = model.named_parameters()
-    without_gradient = [n for n, p in parameters if p.grad is None or not p.grad.any()]
-    assert not without_gradient
+    assert not parameters_without_gradient(model, logits)
 
 
 def test_bad_size_raises_value_error_naming_it():

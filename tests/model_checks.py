@@ -1,8 +1,9 @@
-"""Single-batch overfitting, shared by the model tests: it catches wiring bugs that shape tests miss."""
+"""Checks shared by the model tests: gradient reach and single-batch overfitting (wiring bugs shape tests miss)."""
 
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -36,3 +37,10 @@ def fit_one_batch(
         if losses[-1] < 0.1 * losses[0]:
             break
     return losses
+
+
+def parameters_without_gradient(model: nn.Module, logits: torch.Tensor) -> list[str]:
+    """Backpropagate a cross-entropy on ``logits`` (model output) and name the parameters left without gradient."""
+    target = torch.randint(0, logits.shape[1], (logits.shape[0], *logits.shape[2:]))
+    F.cross_entropy(logits, target).backward()
+    return [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
