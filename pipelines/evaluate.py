@@ -1,15 +1,18 @@
-"""DVC stage `evaluate@<architecture>`: test-split metrics and inference speed into reports/metrics/."""
+"""DVC stages `evaluate@<architecture>` and `denoise_evaluate@<architecture>`: test-split metrics and
+inference speed into reports/metrics/ (denoisers: reports/metrics/denoise/ and example images)."""
 
 import sys
 
 from segpipe.cli import stage_main
-from segpipe.stages.evaluate import run_evaluate
+from segpipe.stages.evaluate import run_evaluate, run_evaluate_denoise
 
 
 def main(argv=None) -> int:
-    return stage_main(
-        __doc__, lambda params, paths, args: run_evaluate(params, args.architecture, paths), argv, with_architecture=True
-    )
+    def run(params, paths, args):
+        evaluate = run_evaluate_denoise if args.task == "denoise" else run_evaluate
+        return evaluate(params, args.architecture, paths)
+
+    return stage_main(__doc__, run, argv, with_architecture=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""DVC stage `train@<architecture>`: train one architecture, checkpoint the best epoch, track it in MLflow."""
+"""DVC stages `train@<architecture>` and `denoise_train@<architecture>`: train one architecture for one task,
+checkpoint the best epoch, track it in MLflow."""
 
 import sys
 
@@ -8,7 +9,10 @@ from segpipe.stages.train import run_train
 
 def main(argv=None) -> int:
     return stage_main(
-        __doc__, lambda params, paths, args: run_train(params, args.architecture, paths), argv, with_architecture=True
+        __doc__,
+        lambda params, paths, args: run_train(params, args.architecture, paths, task=args.task),
+        argv,
+        with_architecture=True,
     )
 
 

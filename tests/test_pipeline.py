@@ -30,6 +30,8 @@ def tiny_params() -> dict:
         "fcn8s": {"width": 0.05},
         "smp_unet": {"encoder": "resnet18"},
     }
+    params["denoise"].update(architectures=["autoencoder"], epochs=1, corruption="salt_pepper", level=0.1)
+    params["train"]["models"]["autoencoder"] = {"depth": 2, "base_channels": 4}
     params["evaluate"]["speed_runs"] = 1
     return params
 
@@ -79,6 +81,14 @@ def test_all_stages_write_their_outputs(project):
     markdown = (project / "reports/leaderboard.md").read_text()
     assert all(f"| {name} |" in markdown for name in ARCHITECTURES)
     assert (project / "reports/plots/leaderboard.png").stat().st_size > 1000
+    denoiser = json.loads((project / "reports/metrics/denoise/autoencoder.json").read_text())
+    assert denoiser["task"] == "denoise" and denoiser["corruption"] == "salt_pepper 0.1"
+    assert denoiser["test_psnr"] > 0 and 0 < denoiser["input_ssim"] < 1
+    assert (project / "models/denoise/autoencoder/model.pt").is_file()
+    assert (project / "reports/plots/denoise/autoencoder.png").stat().st_size > 1000
+    denoise_board = pd.read_csv(project / "reports/leaderboard_denoise.csv")
+    assert set(denoise_board["architecture"]) == {"autoencoder", "corrupted_input"}
+    assert "## Denoising" in markdown and "| autoencoder |" in markdown.split("## Denoising")[1]
     models = pd.read_csv(project / "reports/models.csv")
     assert {"unet", "fcn8s", "smp_unet", "smp_fpn"} <= set(models["architecture"])
     assert (models["gflops_256x256"] > 0).all()
@@ -98,8 +108,11 @@ def test_registry_holds_the_best_model_under_challenger(project):
     assert str(version.version) == record["version"]
     assert "test_miou" in version.description
     runs = client.search_runs([client.get_experiment_by_name("segpipe-synthetic").experiment_id])
-    assert {run.data.tags["architecture"] for run in runs} == set(ARCHITECTURES)
-    assert all(len(client.get_metric_history(run.info.run_id, "val_miou")) == 1 for run in runs)
+    segmenters = [run for run in runs if run.data.tags["task"] == "segment"]
+    assert {run.data.tags["architecture"] for run in segmenters} == set(ARCHITECTURES)
+    assert all(len(client.get_metric_history(run.info.run_id, "val_miou")) == 1 for run in segmenters)
+    (denoiser,) = [run for run in runs if run.data.tags["task"] == "denoise"]
+    assert denoiser.info.run_name == "denoise-autoencoder" and "test_psnr" in denoiser.data.metrics
     cwd = os.getcwd()
     os.chdir(project)  # artifact paths in the store are relative to the project
     try:

@@ -9,7 +9,8 @@ from segpipe.data.loader import BatchLoader
 from segpipe.models import build_model
 from segpipe.stages.train import check_image_size
 from segpipe.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from segpipe.training.loop import LoopSettings, evaluate_split, fit
+from segpipe.tasks.segment import SegmentTask, evaluate_split
+from segpipe.training.loop import LoopSettings, fit
 
 
 class RecordingTracker:
@@ -50,22 +51,22 @@ def test_fit_learns_checkpoints_best_and_tracks(tmp_path):
 
     def on_best(best_model, record):
         best_epochs.append(record.epoch)
-        meta = CheckpointMeta("unet", {"depth": 2, "base_channels": 8}, 2, ("bg", "square"), (32, 32), record.epoch, record.val_miou)
+        meta = CheckpointMeta("unet", {"depth": 2, "base_channels": 8}, 2, ("bg", "square"), (32, 32), record.epoch, "val_miou", record.validation["val_miou"])
         save_checkpoint(tmp_path / "model.pt", best_model, meta)
 
     tracker = RecordingTracker()
-    result = fit(model, train, val, LoopSettings(6, 5e-3, 0.0, 2, 255, progress=False), tracker, on_best)
+    result = fit(model, train, val, SegmentTask(2, 255), LoopSettings(6, 5e-3, 0.0, progress=False), tracker, on_best)
 
     assert [step for step, _ in tracker.metrics] == [1, 2, 3, 4, 5, 6]
     assert all({"train_loss", "val_loss", "val_miou"} <= set(m) for _, m in tracker.metrics)
     losses = [r.train_loss for r in result.history]
     assert losses[-1] < losses[0]
-    assert result.best_val_miou > 0.8
+    assert result.monitor == "val_miou" and result.best_score > 0.8
     assert best_epochs[-1] == result.best_epoch
-    assert result.best_val_miou == max(r.val_miou for r in result.history)
+    assert result.best_score == max(r.validation["val_miou"] for r in result.history)
 
     restored, meta = load_checkpoint(tmp_path / "model.pt")
-    assert meta.epoch == result.best_epoch and meta.class_names == ("bg", "square")
+    assert meta.epoch == result.best_epoch and meta.task == "segment" and meta.class_names == ("bg", "square")
     _, matrix = evaluate_split(restored, val, 2, 255)
     assert np.trace(matrix) / matrix.sum() > 0.9
 

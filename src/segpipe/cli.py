@@ -29,6 +29,8 @@ def stage_main(
     parser.add_argument("--root", type=Path, default=Path("."), help="project root holding data/, models/, reports/")
     if with_architecture:
         parser.add_argument("--architecture", required=True, help="a name listed in train.architectures")
+        parser.add_argument("--task", choices=("segment", "denoise"), default="segment",
+                            help="segment (default; train.architectures) or denoise (denoise.architectures)")
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen, also in CI logs
     try:

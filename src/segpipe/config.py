@@ -23,6 +23,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _check_architecture_names(names: list[str]) -> list[str]:
+    known = available_architectures()
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown architecture(s) {unknown}; choose from {known}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"architectures listed twice: {names}")
+    return names
+
+
 class SplitSizes(_Section):
     """Number of generated samples per split (synthetic dataset)."""
 
@@ -77,13 +87,7 @@ class TrainParams(_Section):
     @field_validator("architectures")
     @classmethod
     def _known_architectures(cls, names: list[str]) -> list[str]:
-        known = available_architectures()
-        unknown = [name for name in names if name not in known]
-        if unknown:
-            raise ValueError(f"unknown architecture(s) {unknown}; choose from {known}")
-        if len(set(names)) != len(names):
-            raise ValueError(f"architectures listed twice: {names}")
-        return names
+        return _check_architecture_names(names)
 
     @model_validator(mode="after")
     def _valid_model_options(self) -> TrainParams:
@@ -94,6 +98,27 @@ class TrainParams(_Section):
     def model_options(self, architecture: str) -> dict[str, Any]:
         """Options for one architecture (empty when params give none)."""
         return dict(self.models.get(architecture) or {})
+
+
+class DenoiseParams(_Section):
+    """``denoise``: image reconstruction (``task: denoise``), clean image from a corrupted one.
+
+    Models take their options from ``train.models.<architecture>`` and share ``train``'s batch size,
+    learning rate, weight decay, seed, device and augmentation; only the epochs are set here.
+    """
+
+    architectures: list[str] = Field(default_factory=lambda: ["autoencoder"])
+    corruption: Literal["gaussian", "salt_pepper", "masked_patches"] = "gaussian"
+    level: float = Field(0.2, ge=0, le=1)
+    """Noise std (gaussian), fraction of pixels hit (salt_pepper) or of patches masked (masked_patches)."""
+    patch_size: int = Field(8, ge=1)
+    loss: Literal["l1", "l2"] = "l1"
+    epochs: int = Field(8, ge=1)
+
+    @field_validator("architectures")
+    @classmethod
+    def _known_architectures(cls, names: list[str]) -> list[str]:
+        return _check_architecture_names(names)
 
 
 class EvaluateParams(_Section):
@@ -135,6 +160,7 @@ class Params(_Section):
     prepare: PrepareParams = PrepareParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     train: TrainParams = TrainParams()
+    denoise: DenoiseParams = DenoiseParams()
     evaluate: EvaluateParams = EvaluateParams()
     compare: CompareParams = CompareParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from segpipe.tasks import TaskName
 
 
 @dataclass(frozen=True)
@@ -44,17 +48,27 @@ class ProjectPaths:
     def registry_record(self) -> Path:
         return self.reports / "registry.json"
 
-    def model_dir(self, architecture: str) -> Path:
-        return self.models / architecture
+    def model_dir(self, architecture: str, task: TaskName = "segment") -> Path:
+        """``models/<architecture>`` for segmenters, ``models/denoise/<architecture>`` for denoisers."""
+        return self.models / architecture if task == "segment" else self.models / task / architecture
 
-    def checkpoint(self, architecture: str) -> Path:
-        return self.model_dir(architecture) / "model.pt"
+    def checkpoint(self, architecture: str, task: TaskName = "segment") -> Path:
+        return self.model_dir(architecture, task) / "model.pt"
 
-    def run_record(self, architecture: str) -> Path:
-        return self.model_dir(architecture) / "run.json"
+    def run_record(self, architecture: str, task: TaskName = "segment") -> Path:
+        return self.model_dir(architecture, task) / "run.json"
 
-    def history(self, architecture: str) -> Path:
-        return self.model_dir(architecture) / "history.json"
+    def history(self, architecture: str, task: TaskName = "segment") -> Path:
+        return self.model_dir(architecture, task) / "history.json"
 
-    def metrics(self, architecture: str) -> Path:
-        return self.reports / "metrics" / f"{architecture}.json"
+    def metrics(self, architecture: str, task: TaskName = "segment") -> Path:
+        """``reports/metrics/<architecture>.json``, or ``reports/metrics/denoise/<architecture>.json``."""
+        folder = self.reports / "metrics" if task == "segment" else self.reports / "metrics" / task
+        return folder / f"{architecture}.json"
+
+    def denoise_examples(self, architecture: str) -> Path:
+        return self.plots / "denoise" / f"{architecture}.png"
+
+    @property
+    def denoise_leaderboard_csv(self) -> Path:
+        return self.reports / "leaderboard_denoise.csv"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,9 @@ from segpipe.config import Params
 from segpipe.data.manifest import DatasetInfo, class_pixel_columns, read_manifest
 from segpipe.metrics import constant_prediction_confusion, metrics_from_confusion
 from segpipe.paths import ProjectPaths
+
+if TYPE_CHECKING:
+    from segpipe.tasks import TaskName
 
 REFERENCE = "majority_class"
 FAMILY_LABELS = {"seed": "seed architecture", "baseline": "smp baseline", "reference": "reference"}
@@ -31,12 +35,13 @@ def majority_class_row(prepared: Path, info: DatasetInfo) -> dict[str, object]:
             "test_per_class_iou": dict(zip(info.class_names, scores.per_class_iou))}
 
 
-def load_metrics(paths: ProjectPaths, architectures: list[str]) -> list[dict[str, object]]:
+def load_metrics(paths: ProjectPaths, architectures: list[str], task: TaskName = "segment") -> list[dict[str, object]]:
     records = []
+    stage = "evaluate" if task == "segment" else f"{task}_evaluate"
     for architecture in architectures:
-        path = paths.metrics(architecture)
+        path = paths.metrics(architecture, task)
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: run the evaluate stage for {architecture} (dvc repro evaluate@{architecture})")
+            raise FileNotFoundError(f"{path} is missing: run the {stage} stage for {architecture} (dvc repro {stage}@{architecture})")
         records.append(io.read_json(path))
     return records
 
@@ -74,6 +79,44 @@ def leaderboard_markdown(
     for name in frame["architecture"]:
         per_class = by_name[name]["test_per_class_iou"]
         lines.append(f"| {name} | " + " | ".join(number(per_class.get(c), 3) for c in class_names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+DENOISE_REFERENCE = "corrupted_input"
+DENOISE_COLUMNS = ["rank", "architecture", "family", "corruption", "test_psnr", "test_ssim", "test_loss", "params_m",
+                   "gflops", "infer_img_per_s", "train_seconds", "best_epoch", "run_id", "model_uri"]
+
+
+def denoise_frame(records: list[dict[str, object]]) -> pd.DataFrame:
+    """Denoisers by test PSNR, with the corrupted input itself (what a denoiser must improve on) as a reference row."""
+    if not records:
+        return pd.DataFrame(columns=DENOISE_COLUMNS)
+    reference = {"architecture": DENOISE_REFERENCE, "family": "reference", "corruption": records[0]["corruption"],
+                 "test_psnr": records[0]["input_psnr"], "test_ssim": records[0]["input_ssim"]}
+    frame = pd.DataFrame([*records, reference]).reindex(columns=DENOISE_COLUMNS[1:])
+    frame = frame.sort_values("test_psnr", ascending=False, kind="stable").reset_index(drop=True)
+    frame.insert(0, "rank", range(1, len(frame) + 1))
+    return frame
+
+
+def denoise_markdown(frame: pd.DataFrame) -> str:
+    def number(value: object, digits: int) -> str:
+        return "" if pd.isna(value) else f"{float(value):.{digits}f}"
+
+    lines = [
+        f"## Denoising (task: denoise; test split corrupted with {frame['corruption'].iloc[0]}, sorted by PSNR)",
+        "",
+        "| Rank | Model | Kind | PSNR (dB) | SSIM | Params (M) | GFLOPs/img | Inference img/s | Train s |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in frame.itertuples(index=False):
+        lines.append(
+            f"| {row.rank} | {row.architecture} | {FAMILY_LABELS[row.family]} | {number(row.test_psnr, 2)} | "
+            f"{number(row.test_ssim, 4)} | {number(row.params_m, 2)} | {number(row.gflops, 3)} | "
+            f"{number(row.infer_img_per_s, 1)} | {number(row.train_seconds, 0)} |"
+        )
+    lines += ["", f"`{DENOISE_REFERENCE}` scores the corrupted test images themselves: a denoiser must beat it. "
+              "Examples (corrupted | output | clean): `reports/plots/denoise/<model>.png`."]
     return "\n".join(lines) + "\n"
 
 
@@ -123,14 +166,19 @@ def plot_per_class_iou(records: list[dict[str, object]], class_names: tuple[str,
 
 
 def run_compare(params: Params, paths: ProjectPaths) -> pd.DataFrame:
-    """Write ``reports/leaderboard.{csv,md}`` and ``reports/plots/{leaderboard,per_class_iou}.png``."""
+    """Write ``reports/leaderboard.{csv,md}``, ``reports/leaderboard_denoise.csv`` and the plots."""
     info = DatasetInfo.load(paths.prepared)
     metric = params.compare.metric
     records = load_metrics(paths, params.train.architectures)
     everything = [*records, majority_class_row(paths.prepared, info)]
     frame = leaderboard_frame(everything, metric)
     io.write_text(paths.leaderboard_csv, frame.to_csv(index=False, float_format="%.6g"))
-    io.write_text(paths.leaderboard_md, leaderboard_markdown(frame, everything, info.class_names, info.name, metric))
+    markdown = leaderboard_markdown(frame, everything, info.class_names, info.name, metric)
+    denoisers = denoise_frame(load_metrics(paths, params.denoise.architectures, "denoise"))
+    io.write_text(paths.denoise_leaderboard_csv, denoisers.to_csv(index=False, float_format="%.6g"))
+    if len(denoisers):
+        markdown += "\n" + denoise_markdown(denoisers)
+    io.write_text(paths.leaderboard_md, markdown)
     plot_leaderboard(frame, metric, paths.plots / "leaderboard.png")
     plot_per_class_iou(records, info.class_names, paths.plots / "per_class_iou.png")
     return frame

@@ -1,10 +1,14 @@
-"""The evaluate stage: test-split metrics and inference speed of one trained architecture."""
+"""The evaluate stage: test-split metrics and inference speed of one trained model (segmenter or denoiser)."""
 
 from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -18,9 +22,14 @@ from segpipe.models import count_params_m
 from segpipe.models.profile import gflops_per_image
 from segpipe.models.registry import architecture_family
 from segpipe.paths import ProjectPaths
-from segpipe.training.checkpoint import load_checkpoint
+from segpipe.tasks import TaskName
+from segpipe.tasks.denoise import Corruption, evaluation_generator, reconstruction_scores
+from segpipe.tasks.segment import evaluate_split
+from segpipe.training.checkpoint import CheckpointMeta, load_checkpoint
 from segpipe.training.device import describe_device, resolve_device
-from segpipe.training.loop import evaluate_split
+
+if TYPE_CHECKING:
+    from segpipe.tracking.mlflow_tracking import MlflowTracker
 
 
 @torch.inference_mode()
@@ -40,48 +49,126 @@ def inference_images_per_second(model: nn.Module, images: torch.Tensor, runs: in
     return len(images) / statistics.median(timings)
 
 
-def run_evaluate(params: Params, architecture: str, paths: ProjectPaths) -> dict[str, object]:
-    """Write ``reports/metrics/<architecture>.json`` and add the test metrics to the training run."""
+@dataclass
+class TrainedModel:
+    """A trained model with everything evaluate needs about it."""
+
+    model: nn.Module
+    meta: CheckpointMeta
+    run: dict[str, object]
+    tracker: MlflowTracker | None
+    info: DatasetInfo
+    device: torch.device
+
+
+def load_trained(params: Params, paths: ProjectPaths, architecture: str, task: TaskName) -> TrainedModel:
+    """Checkpoint, run record and (with tracking on) the training run, checked before any work."""
     device = resolve_device(params.train.device)
-    model, meta = load_checkpoint(paths.checkpoint(architecture), device)
-    run = io.read_json(paths.run_record(architecture))
+    model, meta = load_checkpoint(paths.checkpoint(architecture, task), device)
+    run = io.read_json(paths.run_record(architecture, task))
     tracker = None
     if run["run_id"] and params.tracking.enabled:
         from segpipe.tracking.mlflow_tracking import resume_run
 
         tracker = resume_run(params.tracking, run["run_id"], architecture)  # fail before any work
     info = DatasetInfo.load(paths.prepared)
-    if meta.class_names != info.class_names:
+    if meta.class_names != info.class_names or meta.image_size != info.image_size:
         raise ValueError(
-            f"{paths.checkpoint(architecture)} was trained on classes {list(meta.class_names)} but the prepared "
-            f"data has {list(info.class_names)}: re-run train for {architecture}"
+            f"{paths.checkpoint(architecture, task)} was trained on classes {list(meta.class_names)} at "
+            f"{list(meta.image_size)} but the prepared data has {list(info.class_names)} at {list(info.image_size)}: "
+            f"re-run the train stage for {architecture}"
         )
-    loader = BatchLoader(load_split(paths.prepared, "test"), params.evaluate.batch_size, device)
-    test_loss, matrix = evaluate_split(model, loader, info.num_classes, info.ignore_index)
+    return TrainedModel(model, meta, run, tracker, info, device)
+
+
+def _model_figures(params: Params, trained: TrainedModel, speed_batch: torch.Tensor, paths: ProjectPaths,
+                   architecture: str, task: TaskName) -> dict[str, object]:
+    """Size, cost, speed and provenance fields shared by every task's metrics record."""
+    history = io.read_json(paths.history(architecture, task))
+    return {
+        "params_m": round(count_params_m(trained.model), 4),
+        "gflops": round(gflops_per_image(trained.model, *trained.info.image_size), 4),
+        "infer_img_per_s": round(inference_images_per_second(trained.model, speed_batch, params.evaluate.speed_runs), 2),
+        "best_epoch": trained.meta.epoch,
+        f"best_{trained.meta.monitor}": trained.meta.score,
+        "train_seconds": round(float(history["train_seconds"]), 1),
+        "device": describe_device(trained.device),
+        "run_id": trained.run["run_id"],
+        "model_uri": trained.run["model_uri"],
+    }
+
+
+def run_evaluate(params: Params, architecture: str, paths: ProjectPaths) -> dict[str, object]:
+    """Write ``reports/metrics/<architecture>.json`` and add the test metrics to the training run."""
+    trained = load_trained(params, paths, architecture, "segment")
+    info = trained.info
+    loader = BatchLoader(load_split(paths.prepared, "test"), params.evaluate.batch_size, trained.device)
+    test_loss, matrix = evaluate_split(trained.model, loader, info.num_classes, info.ignore_index)
     scores = metrics_from_confusion(matrix)
-    speed_batch = next(iter(loader))[0]
-    history = io.read_json(paths.history(architecture))
     record: dict[str, object] = {
         "architecture": architecture,
+        "task": "segment",
         "family": architecture_family(architecture),
         "dataset": info.name,
         **scores.as_dict("test_", info.class_names),
         "test_loss": test_loss,
-        "params_m": round(count_params_m(model), 4),
-        "gflops": round(gflops_per_image(model, *info.image_size), 4),
-        "infer_img_per_s": round(inference_images_per_second(model, speed_batch, params.evaluate.speed_runs), 2),
-        "best_epoch": meta.epoch,
-        "best_val_miou": meta.val_miou,
-        "train_seconds": round(float(history["train_seconds"]), 1),
-        "device": describe_device(device),
+        **_model_figures(params, trained, next(iter(loader))[0], paths, architecture, "segment"),
         "confusion_matrix": matrix.tolist(),
-        "run_id": run["run_id"],
-        "model_uri": run["model_uri"],
     }
     io.write_json(paths.metrics(architecture), record)
-    if tracker is not None:
+    if trained.tracker is not None:
         numeric = {k: v for k, v in record.items() if k.startswith("test_") and isinstance(v, float)}
         per_class = {f"test_iou_{name}": v for name, v in record["test_per_class_iou"].items() if v is not None}
-        tracker.log_metrics({**numeric, **per_class, "infer_img_per_s": record["infer_img_per_s"]})
-        tracker.log_artifact(str(paths.metrics(architecture)))
+        trained.tracker.log_metrics({**numeric, **per_class, "infer_img_per_s": record["infer_img_per_s"]})
+        trained.tracker.log_artifact(str(paths.metrics(architecture)))
+    return record
+
+
+def _to_uint8_rows(*columns: torch.Tensor) -> np.ndarray:
+    """Stack image batches side by side per sample: rows of [column 1 | column 2 | ...] as HWC uint8."""
+    rows = [torch.cat([column[i] for column in columns], dim=-1) for i in range(len(columns[0]))]
+    grid = torch.cat(rows, dim=-2).clamp(0, 1).mul(255).round().byte()
+    return grid.permute(1, 2, 0).cpu().numpy()
+
+
+@torch.no_grad()
+def save_denoise_examples(model: nn.Module, images: torch.Tensor, corruption: Corruption, target: Path) -> None:
+    """PNG grid, one sample per row: corrupted input | model output | clean image (2× enlarged)."""
+    from PIL import Image
+
+    noisy = corruption.apply(images, evaluation_generator(images.device))
+    grid = Image.fromarray(_to_uint8_rows(noisy, model(noisy), images))
+    grid = grid.resize((grid.width * 2, grid.height * 2), Image.Resampling.NEAREST)
+    io.write_with(target, lambda tmp: grid.save(tmp, format="PNG"))
+
+
+def run_evaluate_denoise(params: Params, architecture: str, paths: ProjectPaths) -> dict[str, object]:
+    """Write ``reports/metrics/denoise/<architecture>.json`` (PSNR, SSIM on the corrupted test split, and the
+    corrupted input's own scores as the reference) and ``reports/plots/denoise/<architecture>.png``."""
+    trained = load_trained(params, paths, architecture, "denoise")
+    loader = BatchLoader(load_split(paths.prepared, "test"), params.evaluate.batch_size, trained.device)
+    corruption = Corruption.from_params(params.denoise)
+    scores = reconstruction_scores(trained.model, loader, corruption, params.denoise.loss)
+    reference = reconstruction_scores(None, loader, corruption, params.denoise.loss)
+    first_batch = next(iter(loader))[0]
+    record: dict[str, object] = {
+        "architecture": architecture,
+        "task": "denoise",
+        "family": architecture_family(architecture),
+        "dataset": trained.info.name,
+        "corruption": corruption.describe(),
+        "loss_kind": params.denoise.loss,
+        **{f"test_{key}": value for key, value in scores.items()},
+        **{f"input_{key}": value for key, value in reference.items() if key != "loss"},
+        **_model_figures(params, trained, first_batch, paths, architecture, "denoise"),
+    }
+    io.write_json(paths.metrics(architecture, "denoise"), record)
+    examples = paths.denoise_examples(architecture)
+    save_denoise_examples(trained.model, first_batch[:4], corruption, examples)
+    if trained.tracker is not None:
+        trained.tracker.log_metrics({"test_loss": scores["loss"], "test_psnr": scores["psnr"],
+                                     "test_ssim": scores["ssim"], "input_psnr": reference["psnr"],
+                                     "input_ssim": reference["ssim"], "infer_img_per_s": record["infer_img_per_s"]})
+        trained.tracker.log_artifact(str(paths.metrics(architecture, "denoise")))
+        trained.tracker.log_artifact(str(examples))
     return record

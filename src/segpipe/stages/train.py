@@ -1,4 +1,4 @@
-"""The train stage: one architecture, trained on the cached train split, tracked as one MLflow run."""
+"""The train stage: one architecture and task, trained on the cached train split, tracked as one MLflow run."""
 
 from __future__ import annotations
 
@@ -14,14 +14,19 @@ from segpipe.config import Params
 from segpipe.data.cache import load_split
 from segpipe.data.loader import BatchLoader
 from segpipe.data.manifest import DatasetInfo
-from segpipe.models import build_model, count_params_m
+from segpipe.models import build_model, build_reconstruction_model, count_params_m
 from segpipe.models.registry import architecture_family
 from segpipe.paths import ProjectPaths
+from segpipe.tasks import Task, TaskName
+from segpipe.tasks.denoise import Corruption, DenoiseTask
+from segpipe.tasks.segment import SegmentTask
 from segpipe.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from segpipe.training.device import describe_device, resolve_device, seed_everything
 from segpipe.training.loop import EpochRecord, LoopSettings, TrainResult, fit
 from segpipe.training.tracker import NullTracker, Tracker
 from segpipe.validation import require_passed
+
+IMAGE_CHANNELS = 3  # the prepared cache holds RGB images
 
 
 def check_image_size(architecture: str, output_stride: int, image_size: tuple[int, int]) -> None:
@@ -46,56 +51,91 @@ def _tracking(params: Params, dataset: str, architecture: str, tags: dict[str, s
         yield tracker
 
 
-def run_train(params: Params, architecture: str, paths: ProjectPaths, progress: bool = True) -> TrainResult:
-    """Train ``architecture``; write ``models/<architecture>/{model.pt,history.json,run.json}``."""
-    if architecture not in params.train.architectures:
-        raise ValueError(f"{architecture!r} is not in train.architectures {params.train.architectures}")
+def make_task(params: Params, task: TaskName, info: DatasetInfo, device: torch.device) -> Task:
+    """The task object the loop trains with, from params and the prepared dataset."""
+    if task == "segment":
+        return SegmentTask(info.num_classes, info.ignore_index)
+    settings = params.denoise
+    generator = torch.Generator(device=device).manual_seed(params.train.seed)
+    return DenoiseTask(Corruption.from_params(settings), settings.loss, generator)
+
+
+def _listed_architectures(params: Params, task: TaskName) -> list[str]:
+    return params.train.architectures if task == "segment" else params.denoise.architectures
+
+
+def run_name(architecture: str, task: TaskName) -> str:
+    """MLflow run name: the architecture, prefixed with the task where it is not segmentation."""
+    return architecture if task == "segment" else f"{task}-{architecture}"
+
+
+def run_train(
+    params: Params, architecture: str, paths: ProjectPaths, progress: bool = True, task: TaskName = "segment"
+) -> TrainResult:
+    """Train ``architecture`` for ``task``; write ``checkpoint``, ``history.json`` and ``run.json`` to its model dir."""
+    listed = _listed_architectures(params, task)
+    if architecture not in listed:
+        section = "train" if task == "segment" else task
+        raise ValueError(f"{architecture!r} is not in {section}.architectures {listed}")
     require_passed(paths.validation_summary)
     info = DatasetInfo.load(paths.prepared)
     settings = params.train
     seed_everything(settings.seed)
     device = resolve_device(settings.device)
     options = settings.model_options(architecture)
-    model = build_model(architecture, info.num_classes, options=options).to(device)
+    if task == "segment":
+        model: nn.Module = build_model(architecture, info.num_classes, options=options)
+        out_channels = info.num_classes
+    else:
+        model = build_reconstruction_model(architecture, IMAGE_CHANNELS, options)
+        out_channels = IMAGE_CHANNELS
+    model = model.to(device)
     check_image_size(architecture, model.output_stride, info.image_size)
+    objective = make_task(params, task, info, device)
+    epochs = settings.epochs if task == "segment" else params.denoise.epochs
 
     train_loader = BatchLoader(
         load_split(paths.prepared, "train"), settings.batch_size, device, shuffle=True,
         hflip=settings.augment.hflip, vflip=settings.augment.vflip, seed=settings.seed, drop_last=True,
     )
     val_loader = BatchLoader(load_split(paths.prepared, "val"), settings.batch_size, device)
-    checkpoint_path = paths.checkpoint(architecture)
+    checkpoint_path = paths.checkpoint(architecture, task)
     family = architecture_family(architecture)
-    tags = {"architecture": architecture, "family": family, "dataset": info.name,
+    tags = {"architecture": architecture, "family": family, "task": task, "dataset": info.name,
             "device": describe_device(device), "torch_version": torch.__version__}
 
     def on_best(best_model: nn.Module, record: EpochRecord) -> None:
-        meta = CheckpointMeta(architecture, options, info.num_classes, info.class_names, info.image_size,
-                              record.epoch, record.val_miou)
+        meta = CheckpointMeta(architecture, options, out_channels, info.class_names, info.image_size,
+                              record.epoch, objective.monitor, record.validation[objective.monitor], task)
         save_checkpoint(checkpoint_path, best_model, meta)
 
-    with _tracking(params, info.name, architecture, tags) as tracker:
+    task_params: dict[str, object] = {}
+    if task == "denoise":
+        task_params = {"corruption": params.denoise.corruption, "corruption_level": params.denoise.level,
+                       "loss": params.denoise.loss}
+    label = run_name(architecture, task)
+    with _tracking(params, info.name, label, tags) as tracker:
         tracker.log_params({
-            "arch": architecture, "family": family, "dataset": info.name, "epochs": settings.epochs,
+            "arch": architecture, "family": family, "task": task, "dataset": info.name, "epochs": epochs,
             "batch_size": settings.batch_size, "lr": settings.lr, "weight_decay": settings.weight_decay,
             "seed": settings.seed, "image_size": "x".join(map(str, info.image_size)),
-            "params_m": round(count_params_m(model), 4),
+            "params_m": round(count_params_m(model), 4), **task_params,
             **{f"model.{key}": value for key, value in options.items()},
         })
-        loop = LoopSettings(settings.epochs, settings.lr, settings.weight_decay, info.num_classes,
-                            info.ignore_index, progress=progress, label=architecture)
-        result = fit(model, train_loader, val_loader, loop, tracker, on_best)
-        tracker.log_metrics({"best_val_miou": result.best_val_miou, "best_epoch": result.best_epoch,
+        loop = LoopSettings(epochs, settings.lr, settings.weight_decay, progress=progress, label=label)
+        result = fit(model, train_loader, val_loader, objective, loop, tracker, on_best)
+        tracker.log_metrics({f"best_{result.monitor}": result.best_score, "best_epoch": result.best_epoch,
                              "train_seconds": result.seconds})
         best_model, _ = load_checkpoint(checkpoint_path, device)
         example = val_loader.images[:1].float().div(255).cpu().numpy()
-        record = {"architecture": architecture, "run_id": tracker.run_id,
+        record = {"architecture": architecture, "task": task, "run_id": tracker.run_id,
                   "model_uri": tracker.log_model(best_model, example)}
 
-    io.write_json(paths.history(architecture), {
-        "architecture": architecture, "best_epoch": result.best_epoch, "best_val_miou": result.best_val_miou,
-        "train_seconds": result.seconds, "device": describe_device(device),
+    io.write_json(paths.history(architecture, task), {
+        "architecture": architecture, "task": task, "monitor": result.monitor, "best_epoch": result.best_epoch,
+        f"best_{result.monitor}": result.best_score, "train_seconds": result.seconds,
+        "device": describe_device(device),
         "epochs": [dataclasses.asdict(r) for r in result.history],
     })
-    io.write_json(paths.run_record(architecture), record)
+    io.write_json(paths.run_record(architecture, task), record)
     return result

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from segpipe import io
-from segpipe.models import build_model
+from segpipe.models import build_model, build_reconstruction_model
+from segpipe.tasks import TaskName
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,11 @@ class CheckpointMeta:
     class_names: tuple[str, ...]
     image_size: tuple[int, int]
     epoch: int
-    val_miou: float
+    monitor: str
+    """The validation metric that picked this epoch (``val_miou`` or ``val_psnr``)."""
+    score: float
+    task: TaskName = "segment"
+    """``segment``: ``num_classes`` logits; ``denoise``: an image of ``num_classes`` = input channels."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -39,18 +44,28 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[nn.
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run the train stage for this architecture first")
     payload = torch.load(path, map_location=device, weights_only=True)
-    raw = payload["meta"]
-    meta = CheckpointMeta(
-        architecture=raw["architecture"],
-        options=dict(raw["options"]),
-        num_classes=int(raw["num_classes"]),
-        class_names=tuple(raw["class_names"]),
-        image_size=(int(raw["image_size"][0]), int(raw["image_size"][1])),
-        epoch=int(raw["epoch"]),
-        val_miou=float(raw["val_miou"]),
-        extra=dict(raw.get("extra", {})),
-    )
-    model = build_model(meta.architecture, meta.num_classes, options=meta.options)
+    try:
+        raw = payload["meta"]
+        meta = CheckpointMeta(
+            architecture=raw["architecture"],
+            options=dict(raw["options"]),
+            num_classes=int(raw["num_classes"]),
+            class_names=tuple(raw["class_names"]),
+            image_size=(int(raw["image_size"][0]), int(raw["image_size"][1])),
+            epoch=int(raw["epoch"]),
+            monitor=str(raw["monitor"]),
+            score=float(raw["score"]),
+            task=raw["task"],
+            extra=dict(raw.get("extra", {})),
+        )
+    except (KeyError, TypeError) as error:
+        raise ValueError(
+            f"{path} is not a segpipe checkpoint of this version (no {error}): re-run the train stage that wrote it"
+        ) from None
+    if meta.task == "denoise":
+        model: nn.Module = build_reconstruction_model(meta.architecture, meta.num_classes, meta.options)
+    else:
+        model = build_model(meta.architecture, meta.num_classes, options=meta.options)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as error:

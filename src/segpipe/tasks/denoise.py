@@ -1,0 +1,87 @@
+"""``task: denoise``: reconstruct the clean image from a corrupted one; L1 or L2 loss; PSNR and SSIM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segpipe.config import DenoiseParams
+from segpipe.data.loader import BatchLoader
+from segpipe.tasks.corruption import CorruptionKind, corrupt
+from segpipe.tasks.quality import psnr, ssim
+
+ReconstructionLoss = Literal["l1", "l2"]
+
+#: Validation and test images get the same corruption in every epoch and every run: this seed's.
+EVALUATION_SEED = 12345
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """How clean images are corrupted (see :func:`segpipe.tasks.corruption.corrupt`)."""
+
+    kind: CorruptionKind
+    level: float
+    patch_size: int = 8
+
+    @classmethod
+    def from_params(cls, settings: DenoiseParams) -> Corruption:
+        return cls(settings.corruption, settings.level, settings.patch_size)
+
+    def apply(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return corrupt(images, self.kind, self.level, generator, self.patch_size)
+
+    def describe(self) -> str:
+        extra = f", patch {self.patch_size}" if self.kind == "masked_patches" else ""
+        return f"{self.kind} {self.level:g}{extra}"
+
+
+def evaluation_generator(device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(EVALUATION_SEED)
+
+
+@torch.no_grad()
+def reconstruction_scores(
+    model: nn.Module | None, loader: BatchLoader, corruption: Corruption, loss: ReconstructionLoss = "l1"
+) -> dict[str, float]:
+    """Mean loss, PSNR and SSIM over a split corrupted with :data:`EVALUATION_SEED`.
+
+    ``model=None`` scores the corrupted input itself: the reference a denoiser must beat.
+    """
+    if model is not None:
+        model.eval()
+    device = loader.images.device
+    generator = evaluation_generator(device)
+    totals = torch.zeros(3, device=device)
+    for images, _ in loader:
+        noisy = corruption.apply(images, generator)
+        restored = noisy if model is None else model(noisy)
+        error = (restored - images).abs() if loss == "l1" else (restored - images).pow(2)
+        totals += torch.stack([error.flatten(1).mean(1).sum(), psnr(restored, images).sum(), ssim(restored, images).sum()])
+    loss_value, psnr_value, ssim_value = (totals / loader.num_samples).tolist()
+    return {"loss": loss_value, "psnr": psnr_value, "ssim": ssim_value}
+
+
+@dataclass
+class DenoiseTask:
+    """Inputs are freshly corrupted training images (seeded), targets the clean images; best epoch: highest PSNR."""
+
+    corruption: Corruption
+    loss_kind: ReconstructionLoss
+    generator: torch.Generator
+    name: str = field(default="denoise", init=False)
+    monitor: str = field(default="val_psnr", init=False)
+
+    def inputs_and_targets(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.corruption.apply(images, self.generator), images
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(outputs, targets) if self.loss_kind == "l1" else F.mse_loss(outputs, targets)
+
+    def validate(self, model: nn.Module, loader: BatchLoader) -> dict[str, float]:
+        scores = reconstruction_scores(model, loader, self.corruption, self.loss_kind)
+        return {f"val_{key}": value for key, value in scores.items()}

@@ -1,0 +1,54 @@
+"""``task: segment``: per-pixel classification, cross-entropy that skips ``ignore_index``, mIoU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from segpipe.data.loader import BatchLoader
+from segpipe.metrics import ConfusionMatrix, metrics_from_confusion
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: nn.Module, loader: BatchLoader, num_classes: int, ignore_index: int
+) -> tuple[float, np.ndarray]:
+    """Mean per-pixel cross-entropy and the confusion matrix over a whole split (one host sync at the end)."""
+    model.eval()
+    device = loader.masks.device
+    confusion = ConfusionMatrix(num_classes, ignore_index, device)
+    loss_sum = torch.zeros((), device=device)
+    pixels = torch.zeros((), device=device, dtype=torch.int64)
+    criterion = nn.CrossEntropyLoss(ignore_index=ignore_index, reduction="sum")
+    for images, masks in loader:
+        logits = model(images)
+        loss_sum += criterion(logits, masks)
+        pixels += (masks != ignore_index).sum()
+        confusion.update(logits, masks)
+    return float(loss_sum / pixels.clamp(min=1)), confusion.matrix()
+
+
+@dataclass
+class SegmentTask:
+    """Logits ``N×C×H×W`` against masks ``N×H×W``; the best epoch has the highest validation mIoU."""
+
+    num_classes: int
+    ignore_index: int
+    name: str = field(default="segment", init=False)
+    monitor: str = field(default="val_miou", init=False)
+
+    def __post_init__(self) -> None:
+        self._criterion = nn.CrossEntropyLoss(ignore_index=self.ignore_index)
+
+    def inputs_and_targets(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return images, masks
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self._criterion(outputs, targets)
+
+    def validate(self, model: nn.Module, loader: BatchLoader) -> dict[str, float]:
+        loss, matrix = evaluate_split(model, loader, self.num_classes, self.ignore_index)
+        return {"val_loss": loss, "val_miou": metrics_from_confusion(matrix).miou}
