@@ -151,3 +151,14 @@ def test_denoise_params_are_validated():
         parse_params({"denoise": {"level": 1.5}})
     with pytest.raises(ConfigError, match=r"denoise.architectures.*unknown architecture"):
         parse_params({"denoise": {"architectures": ["vit"]}})
+
+
+@pytest.mark.parametrize(("name", "options"), [("autoencoder", {"depth": 2}), ("unet", {"depth": 2, "base_channels": 4})])
+def test_reconstruction_models_return_images_of_the_input_shape_in_unit_range(name, options):
+    model = build_reconstruction_model(name, 3, options)
+    images = torch.rand(2, 3, 32, 48)
+    restored = model(images)
+    assert restored.shape == images.shape and model.output_stride == 4
+    assert 0 <= restored.min() and restored.max() <= 1
+    restored.mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
