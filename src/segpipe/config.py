@@ -6,6 +6,7 @@ value anywhere is reported, naming the key, before any stage does work.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,14 +42,41 @@ class SplitSizes(_Section):
     test: int = Field(160, ge=1)
 
 
+class SplitRatios(_Section):
+    """Fractions carved from the labelled data for splits a dataset does not provide."""
+
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _leave_training_data(self) -> SplitRatios:
+        if self.val + self.test >= 1:
+            raise ValueError(f"val + test = {self.val + self.test:g} leaves nothing to train on; keep it below 1")
+        return self
+
+
+DatasetName = Literal["synthetic", "folder", "camvid", "oxford_pets", "voc"]
+
+
 class PrepareParams(_Section):
     """``prepare``: which dataset to build and how."""
 
-    dataset: Literal["synthetic"] = "synthetic"
+    dataset: DatasetName = "synthetic"
+    root: str = "data/raw"
+    """Folder holding the dataset (unused by ``synthetic``); relative to the project, ``~``/``$VARS`` expanded."""
+    download: bool = False
     seed: int = 2026
     image_size: tuple[int, int] = (64, 64)
+    resize: Literal["stretch", "pad", "crop"] = "stretch"
     splits: SplitSizes = SplitSizes()
+    split_ratios: SplitRatios = SplitRatios()
+    max_per_split: int | None = Field(None, ge=1)
+    classes: list[str] | None = None
+    palette: list[tuple[int, int, int]] | None = None
+    mask_format: Literal["auto", "ids", "binary", "rgb"] = "auto"
+    trimap: Literal["three_class", "binary"] = "three_class"
     ignore_index: int = Field(255, ge=0, le=255)
+    workers: int = Field(2, ge=1)
 
     @field_validator("image_size")
     @classmethod
@@ -56,6 +84,27 @@ class PrepareParams(_Section):
         if min(value) < 16:
             raise ValueError(f"image_size {list(value)} is too small: use [height, width] of at least 16 px")
         return value
+
+    @field_validator("palette")
+    @classmethod
+    def _colours(cls, palette: list[tuple[int, int, int]] | None) -> list[tuple[int, int, int]] | None:
+        if palette is not None and any(not 0 <= c <= 255 for colour in palette for c in colour):
+            raise ValueError("palette colours are [r, g, b] with values 0..255")
+        if palette is not None and len(set(palette)) != len(palette):
+            raise ValueError("palette lists a colour twice")
+        return palette
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PrepareParams:
+        if self.palette is not None and self.classes is not None and len(self.palette) != len(self.classes):
+            raise ValueError(f"palette has {len(self.palette)} colours but classes has {len(self.classes)} names")
+        if self.mask_format == "rgb" and self.palette is None:
+            raise ValueError("mask_format rgb needs prepare.palette: one [r, g, b] per class, in class order")
+        return self
+
+    def root_path(self) -> Path:
+        """``root`` with ``~`` and environment variables expanded."""
+        return Path(os.path.expandvars(os.path.expanduser(self.root)))
 
 
 class ValidateParams(_Section):

@@ -1,0 +1,131 @@
+"""Layout helpers shared by the adapters: list image files by stem, pair images with masks, read name lists."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from segpipe.data.errors import DatasetError
+from segpipe.data.sources.base import SourceSample
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+
+
+def files_by_stem(folder: Path) -> dict[str, Path]:
+    """Image files directly in ``folder`` (hidden files skipped), keyed by stem; {} if the folder is missing."""
+    if not folder.is_dir():
+        return {}
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if path.stem in found:
+            raise DatasetError(
+                f"two files share the stem {path.stem!r}: {found[path.stem].name} and {path.name}",
+                "keep one file per name (images and masks are matched by file name without extension)",
+                path,
+            )
+        found[path.stem] = path
+    return found
+
+
+def pair_folder(image_dir: Path, mask_dir: Path, split: str | None, id_prefix: str) -> tuple[list[SourceSample], int]:
+    """Samples from matching stems in ``image_dir`` and ``mask_dir``, and the unlabelled count.
+
+    Without a ``mask_dir`` folder at all, the images are unlabelled (no samples, counted); otherwise every image
+    needs a mask and every mask an image.
+    """
+    images = files_by_stem(image_dir)
+    if not mask_dir.is_dir():
+        return [], len(images)
+    masks = files_by_stem(mask_dir)
+    for stem, image in images.items():
+        if stem not in masks:
+            raise DatasetError(
+                f"image has no mask {stem}.* in {mask_dir}",
+                "add the mask (same file name, any image extension) or remove the image",
+                image,
+            )
+    for stem, mask in masks.items():
+        if stem not in images:
+            raise DatasetError(f"mask has no image {stem}.* in {image_dir}", "add the image or remove the mask", mask)
+    samples = [SourceSample(f"{id_prefix}{stem}", image, masks[stem], split) for stem, image in images.items()]
+    return samples, 0
+
+
+def list_splits(folders: dict[str, tuple[Path, Path]]) -> tuple[list[SourceSample], int]:
+    """Pair each split's (image folder, mask folder); a split with neither images nor masks is skipped (missing)."""
+    samples: list[SourceSample] = []
+    unlabelled = 0
+    for split, (image_dir, mask_dir) in folders.items():
+        if not files_by_stem(image_dir) and not files_by_stem(mask_dir):
+            continue
+        found, skipped = pair_folder(image_dir, mask_dir, split, f"{split}/")
+        samples += found
+        unlabelled += skipped
+    return samples, unlabelled
+
+
+def require_samples(samples: list[SourceSample], unlabelled: int, root: Path, layout: str) -> None:
+    """DatasetError when a listing found no labelled samples."""
+    if unlabelled and not samples:
+        raise DatasetError(
+            f"no labelled images found under {root} ({unlabelled} images have no masks folder)",
+            f"add masks: {layout}",
+            root,
+        )
+    if not samples:
+        raise DatasetError(f"no images found under {root}", f"put the images in {layout}", root)
+
+
+def read_class_names(path: Path) -> tuple[str, ...]:
+    """Class names from a text file, one per line in id order (blank lines skipped)."""
+    names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    if not names:
+        raise DatasetError("class list is empty", "write one class name per line, in class id order", path)
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise DatasetError(f"class names repeat: {', '.join(duplicates)}", "give every class id its own name", path)
+    return names
+
+
+def read_stem_list(path: Path) -> list[str]:
+    """First token of each line of a split list (blank lines and ``#`` comments skipped)."""
+    if not path.is_file():
+        raise DatasetError("split list is missing", "restore the dataset's split list files", path)
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line.split()[0] for line in lines if line and not line.startswith("#")]
+
+
+def require_root(root: Path, layout: str) -> None:
+    """DatasetError unless ``root`` is an existing folder."""
+    if not root.is_dir():
+        raise DatasetError(
+            f"dataset folder does not exist (expected {layout})", "set prepare.root to the dataset folder", root
+        )
+
+
+def listed_samples(
+    lists: dict[Path, str | None], image_for: Callable[[str], Path], mask_for: Callable[[str], Path], fix: str
+) -> list[SourceSample]:
+    """Samples named by split list files (list path -> split); every listed image and mask must exist."""
+    listed_in: dict[str, Path] = {}
+    samples = []
+    for list_path, split in lists.items():
+        stems = read_stem_list(list_path)
+        if not stems:
+            raise DatasetError("split list names no samples", "restore the dataset's split list files", list_path)
+        for stem in stems:
+            if stem in listed_in:
+                raise DatasetError(
+                    f"{stem} is listed twice ({listed_in[stem].name} and {list_path.name})",
+                    "list every sample once, in one split file",
+                    list_path,
+                )
+            listed_in[stem] = list_path
+            image, mask = image_for(stem), mask_for(stem)
+            for path in (image, mask):
+                if not path.is_file():
+                    raise DatasetError(f"{list_path.name} lists {stem} but this file is missing", fix, path)
+            samples.append(SourceSample(stem, image, mask, split))
+    return samples

@@ -1,0 +1,74 @@
+"""Real data: the full CamVid release through prepare + validate, and a short CamVid training run.
+
+The dataset is found through ``SEGPIPE_CAMVID`` (``.ci/run`` points it at ``../shared/datasets/camvid``).
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from segpipe.config import parse_params
+from segpipe.data.cache import load_split
+from segpipe.data.manifest import DatasetInfo, read_manifest
+from segpipe.paths import ProjectPaths
+from segpipe.stages.compare import majority_class_row
+from segpipe.stages.evaluate import run_evaluate
+from segpipe.stages.train import run_train
+from segpipe.validation import validate_prepared
+
+CAMVID = os.environ.get("SEGPIPE_CAMVID")
+pytestmark = pytest.mark.skipif(
+    not CAMVID or not Path(CAMVID).is_dir(),
+    reason="set SEGPIPE_CAMVID to a CamVid folder ({train,val,test}/{images,masks}, e.g. ../shared/datasets/camvid) "
+    "to run the real-data tests",
+)
+
+
+def camvid_params(**prepare):
+    return parse_params({
+        "prepare": {"dataset": "camvid", "root": CAMVID, "image_size": [96, 128], **prepare},
+        "train": {"architectures": ["unet"], "epochs": 8, "batch_size": 8, "lr": 0.003, "device": "cpu",
+                  "models": {"unet": {"depth": 3, "base_channels": 16}}},
+        "evaluate": {"speed_runs": 1},
+        "tracking": {"enabled": False},
+    })
+
+
+@pytest.fixture(scope="module")
+def full_camvid(tmp_path_factory) -> Path:
+    paths = ProjectPaths(tmp_path_factory.mktemp("camvid"))
+    from segpipe.data.prepare import prepare_dataset
+
+    prepare_dataset(camvid_params().prepare, paths.prepared)
+    validate_prepared(paths.prepared, paths.validation_summary)
+    return paths.prepared
+
+
+def test_full_camvid_prepares_and_validates_with_the_release_counts(full_camvid):
+    info = DatasetInfo.load(full_camvid)
+    manifest = read_manifest(full_camvid)
+    assert info.split_sizes == {"train": 367, "val": 101, "test": 233}
+    assert manifest.groupby("split").size().to_dict() == {"test": 233, "train": 367, "val": 101}
+    assert info.num_classes == 11 and info.ignore_index == 255 and info.image_size == (96, 128)
+    masks = load_split(full_camvid, "train").masks
+    assert set(np.unique(masks)) <= {*range(11), 255}
+    assert (masks == 255).any()  # CamVid's void (11) became the ignore index
+    assert manifest["source_image"].str.endswith(".png").all()
+
+
+def test_short_camvid_training_beats_the_majority_class(tmp_path):
+    params = camvid_params(max_per_split=96)
+    paths = ProjectPaths(tmp_path)
+    from segpipe.data.prepare import prepare_dataset
+
+    info = prepare_dataset(params.prepare, paths.prepared)
+    assert info.split_sizes == {"train": 96, "val": 96, "test": 96}
+    validate_prepared(paths.prepared, paths.validation_summary)
+    run_train(params, "unet", paths, progress=False)
+    record = run_evaluate(params, "unet", paths)
+    majority = majority_class_row(paths.prepared, info)
+    assert record["test_miou"] > 2 * majority["test_miou"], (record["test_miou"], majority["test_miou"])
+    assert pd.notna(record["test_pixel_acc"]) and record["test_pixel_acc"] > majority["test_pixel_acc"]
