@@ -113,11 +113,39 @@ class ValidateParams(_Section):
     max_listed_failures: int = Field(20, ge=1)
 
 
+class ColorJitterParams(_Section):
+    """Random brightness / contrast / saturation / hue changes of the image (the mask is untouched)."""
+
+    brightness: float = Field(0.2, ge=0, le=1)
+    contrast: float = Field(0.2, ge=0, le=1)
+    saturation: float = Field(0.2, ge=0, le=1)
+    hue: float = Field(0.02, ge=0, le=0.5)
+
+
 class AugmentParams(_Section):
-    """Training-time augmentation applied identically to image and mask."""
+    """Training-time augmentation applied identically to image and mask (albumentations).
+
+    Flips alone run on the training device; ``scale`` or ``color_jitter`` switch to albumentations
+    on the CPU, per sample, with flips included.
+    """
 
     hflip: bool = True
     vflip: bool = False
+    scale: tuple[float, float] | None = None
+    """Random zoom range, e.g. [0.75, 1.25]: zooming in crops, zooming out pads (mask with ignore_index)."""
+    color_jitter: ColorJitterParams | None = None
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 < value[0] <= value[1]:
+            raise ValueError(f"scale is a [min, max] zoom range with 0 < min <= max, got {list(value)}")
+        return value
+
+    @property
+    def needs_library(self) -> bool:
+        """True when albumentations (CPU, per sample) must run instead of the on-device flips."""
+        return self.scale is not None or self.color_jitter is not None
 
 
 class TrainParams(_Section):

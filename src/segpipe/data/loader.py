@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from segpipe.data.cache import SplitArrays
 
+if TYPE_CHECKING:
+    from segpipe.data.augment import SampleAugmenter
+
 
 class BatchLoader:
     """Iterate ``(images float32 [B, 3, H, W] in [0, 1], masks int64 [B, H, W])`` batches on ``device``.
 
     The split is copied to ``device`` once as uint8; shuffling uses a generator seeded by
-    ``seed + epoch`` so every run sees the same order; flips are applied to image and mask together.
+    ``seed + epoch`` so every run sees the same order; flips are applied to image and mask together,
+    on the device. An ``augmenter`` (albumentations, :class:`segpipe.data.augment.SampleAugmenter`)
+    replaces the flips: it runs per sample on the CPU copy, and its batch is then moved to the device.
     ``drop_last`` (for training) skips a final partial batch, since BatchNorm cannot train on one sample.
     """
 
@@ -28,9 +34,13 @@ class BatchLoader:
         vflip: bool = False,
         seed: int = 0,
         drop_last: bool = False,
+        augmenter: SampleAugmenter | None = None,
     ) -> None:
-        self.images = torch.from_numpy(np.array(arrays.images)).to(device).permute(0, 3, 1, 2)  # copy out of the mmap
-        self.masks = torch.from_numpy(np.array(arrays.masks)).to(device)
+        self.augmenter = augmenter
+        self._host_images = np.array(arrays.images)  # copy out of the mmap
+        self._host_masks = np.array(arrays.masks)
+        self.images = torch.from_numpy(self._host_images).to(device).permute(0, 3, 1, 2)
+        self.masks = torch.from_numpy(self._host_masks).to(device)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.hflip = hflip
@@ -50,6 +60,8 @@ class BatchLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if self.augmenter is not None:
+            self.augmenter.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -58,6 +70,9 @@ class BatchLoader:
         flips = torch.rand(count, 2, generator=generator)
         for start in range(0, self.num_batches * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
+            if self.augmenter is not None:
+                yield self._augmented(index)
+                continue
             images = self.images[index.to(self.images.device)]
             masks = self.masks[index.to(self.masks.device)]
             if self.hflip:
@@ -65,6 +80,13 @@ class BatchLoader:
             if self.vflip:
                 images, masks = _flip_where(images, masks, flips[index, 1] < 0.5, dim=-2)
             yield images.float().div_(255.0), masks.long()
+
+    def _augmented(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [self.augmenter(self._host_images[i], self._host_masks[i]) for i in index.tolist()]
+        images = torch.from_numpy(np.stack([image for image, _ in pairs])).permute(0, 3, 1, 2)
+        masks = torch.from_numpy(np.stack([mask for _, mask in pairs]))
+        device = self.images.device
+        return images.to(device, non_blocking=True).float().div_(255.0), masks.to(device, non_blocking=True).long()
 
 
 def _flip_where(images: torch.Tensor, masks: torch.Tensor, chosen: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -94,9 +94,15 @@ def run_train(
     objective = make_task(params, task, info, device)
     epochs = settings.epochs if task == "segment" else params.denoise.epochs
 
+    augmenter = None
+    if settings.augment.needs_library:
+        from segpipe.data.augment import SampleAugmenter  # albumentations only where it is used
+
+        augmenter = SampleAugmenter(settings.augment, info.ignore_index, settings.seed)
     train_loader = BatchLoader(
         load_split(paths.prepared, "train"), settings.batch_size, device, shuffle=True,
         hflip=settings.augment.hflip, vflip=settings.augment.vflip, seed=settings.seed, drop_last=True,
+        augmenter=augmenter,
     )
     val_loader = BatchLoader(load_split(paths.prepared, "val"), settings.batch_size, device)
     checkpoint_path = paths.checkpoint(architecture, task)
