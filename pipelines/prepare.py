@@ -1,4 +1,7 @@
-"""DVC stage `prepare`: generate or import the dataset into data/prepared (manifest + array cache)."""
+"""DVC stage `prepare`: generate or import the dataset into data/prepared (manifest + array cache).
+
+With `prepare.download: true` (camvid, oxford_pets, voc) the dataset is first fetched from its official
+source into `prepare.root`, once; nothing is downloaded otherwise."""
 
 import sys
 
@@ -6,8 +9,16 @@ from segpipe.cli import stage_main
 from segpipe.data.prepare import prepare_dataset
 
 
+def run(params, paths, _args):
+    if params.prepare.download:
+        from segpipe.data.download import download_dataset
+
+        download_dataset(params.prepare.dataset, params.prepare.root_path())
+    return prepare_dataset(params.prepare, paths.prepared)
+
+
 def main(argv=None) -> int:
-    return stage_main(__doc__, lambda params, paths, _: prepare_dataset(params.prepare, paths.prepared), argv)
+    return stage_main(__doc__, run, argv)
 
 
 if __name__ == "__main__":
