@@ -100,7 +100,7 @@ def _mask_values(image: Image.Image, path: Path, colour: bool) -> np.ndarray:
     return values.astype(np.uint8)
 
 
-def _single_channel_ids(values: np.ndarray, mask_format: MaskFormat, mode: str, path: Path) -> np.ndarray:
+def _single_channel_ids(values: np.ndarray, mask_format: MaskFormat, mode: str, path: Path, auto_binary: bool) -> np.ndarray:
     """Class ids from a mask without a palette: stored ids, or 0/1 for binary masks."""
     if values.ndim == 3:
         if not (values == values[..., :1]).all():
@@ -109,7 +109,9 @@ def _single_channel_ids(values: np.ndarray, mask_format: MaskFormat, mode: str, 
                 "set prepare.mask_format: rgb and list the class colours in prepare.palette", path,
             )
         values = np.ascontiguousarray(values[..., 0])
-    if mask_format == "binary" or (mask_format == "auto" and mode == "L" and set(np.unique(values).tolist()) == {0, 255}):
+    if mask_format == "binary" or (
+        mask_format == "auto" and auto_binary and mode == "L" and set(np.unique(values).tolist()) == {0, 255}
+    ):
         return _binary(values, path)
     return values
 
@@ -164,9 +166,14 @@ def read_mask(
     palette: Sequence[tuple[int, int, int]] | None = None,
     num_classes: int | None = None,
     ignore_index: int = 255,
+    auto_binary: bool = True,
 ) -> np.ndarray:
     """HxW uint8 class ids, read by ``mask_format`` ("auto" infers it per file). Under "auto" with a ``palette``,
-    RGB masks are always matched against it, since a colour-coded dataset may hold gray-looking masks."""
+    RGB masks are always matched against it, since a colour-coded dataset may hold gray-looking masks.
+
+    Under "auto", an 8-bit mask holding exactly 0 and 255 is read as binary (0/1) when ``auto_binary`` is set
+    and ``num_classes`` (if given) is at most 2; with more classes its 255 pixels are the ignore value, so a
+    mask with only background and ignore pixels keeps them."""
     path = Path(path)
     if mask_format == "rgb" and palette is None:
         raise DatasetError(
@@ -184,7 +191,8 @@ def read_mask(
             "set prepare.mask_format: ids (or auto) for class-id masks, or save colour masks as RGB", path,
         )
     else:
-        ids = _single_channel_ids(values, mask_format, image.mode, path)
+        binary_ok = auto_binary and (num_classes is None or num_classes <= 2)
+        ids = _single_channel_ids(values, mask_format, image.mode, path, binary_ok)
     if num_classes is not None:
         present = np.unique(ids)
         bad = present[(present >= num_classes) & (present != ignore_index)]
@@ -203,6 +211,10 @@ def file_digest(path: Path) -> str:
         with Path(path).open("rb") as file:
             for chunk in iter(lambda: file.read(1 << 20), b""):
                 digest.update(chunk)
+    except PermissionError as error:
+        raise DatasetError(
+            "the file is not readable (permission denied)", "give the user read permission (chmod a+r)", path
+        ) from error
     except OSError as error:
         raise DatasetError(
             f"the file could not be read ({error.strerror or error})", "check that the file exists and is readable", path

@@ -94,7 +94,10 @@ def load_sample(sample: SourceSample, settings: ReadSettings) -> tuple[np.ndarra
     """Decode, check and fit one sample; :class:`DatasetError` naming the file on any problem."""
     assert sample.mask is not None
     image = read_image(sample.image)
-    raw = read_mask(sample.mask, settings.mask_format, settings.palette, ignore_index=settings.ignore_index)
+    raw = read_mask(
+        sample.mask, settings.mask_format, settings.palette,
+        ignore_index=settings.ignore_index, auto_binary=settings.num_classes <= 2,
+    )
     if image.shape[:2] != raw.shape:
         raise DatasetError(
             f"image is {image.shape[1]}x{image.shape[0]} (WxH) but its mask {sample.mask} is {raw.shape[1]}x{raw.shape[0]}",
@@ -122,10 +125,11 @@ def _load_or_error(job: tuple[SourceSample, ReadSettings]) -> tuple[np.ndarray, 
 
 
 def _load_all(samples: Sequence[SourceSample], settings: ReadSettings, workers: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Decode every sample (in a process pool when ``workers`` > 1); one DatasetError listing every bad file."""
     jobs = [(sample, settings) for sample in samples]
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_load_or_error, jobs, chunksize=16))
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            results = list(pool.map(_load_or_error, jobs, chunksize=max(1, min(16, len(jobs) // workers))))
     else:
         results = [_load_or_error(job) for job in jobs]
     problems = [result for result in results if isinstance(result, str)]
@@ -133,8 +137,8 @@ def _load_all(samples: Sequence[SourceSample], settings: ReadSettings, workers: 
         listed = "\n  - ".join(problems[:MAX_LISTED_PROBLEMS])
         more = f"\n  ... and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
         raise DatasetError(
-            f"{len(problems)} of {len(samples)} samples cannot be used:\n  - {listed}{more}\n",
-            "fix or remove the files listed above, then re-run prepare; nothing was written",
+            f"{len(problems)} of {len(samples)} samples cannot be used, so nothing was written",
+            f"fix or remove these files, then re-run prepare:\n  - {listed}{more}",
         )
     return results  # type: ignore[return-value]
 
@@ -176,19 +180,21 @@ def _source_splits(params: PrepareParams) -> tuple[dict[str, PreparedSplit], tup
         size=params.image_size,
         resize=params.resize,
     )
+    chosen = {split: sorted((s for s in samples if s.split == split), key=lambda s: s.id) for split in SPLITS}
+    for split in SPLITS:
+        if not chosen[split]:
+            raise DatasetError(f"split {split!r} has no samples", "add labelled data or adjust prepare.split_ratios", root)
+    if listing.unlabelled:
+        print(f"prepare: skipped {listing.unlabelled} image(s) under {root} that have no masks folder (unlabelled)")
+    ordered = [sample for split in SPLITS for sample in chosen[split]]
+    loaded = iter(_load_all(ordered, settings, params.workers))  # all splits at once: every bad file is reported
     splits = {}
     for split in SPLITS:
-        chosen = sorted((s for s in samples if s.split == split), key=lambda s: s.id)
-        if not chosen:
-            raise DatasetError(f"split {split!r} has no samples", "add labelled data or adjust prepare.split_ratios", root)
-        loaded = _load_all(chosen, settings, params.workers)
-        height, width = params.image_size
-        images = np.stack([image for image, _ in loaded]) if loaded else np.empty((0, height, width, 3), np.uint8)
-        masks = np.stack([mask for _, mask in loaded]) if loaded else np.empty((0, height, width), np.uint8)
+        pairs = [next(loaded) for _ in chosen[split]]
         splits[split] = PreparedSplit(
-            SplitArrays(images=images, masks=masks),
-            [s.id for s in chosen],
-            [(str(s.image), str(s.mask)) for s in chosen],
+            SplitArrays(images=np.stack([image for image, _ in pairs]), masks=np.stack([mask for _, mask in pairs])),
+            [s.id for s in chosen[split]],
+            [(str(s.image), str(s.mask)) for s in chosen[split]],
         )
     return splits, class_names
 

@@ -70,12 +70,12 @@ def require_samples(samples: list[SourceSample], unlabelled: int, root: Path, la
     """DatasetError when a listing found no labelled samples."""
     if unlabelled and not samples:
         raise DatasetError(
-            f"no labelled images found under {root} ({unlabelled} images have no masks folder)",
+            f"no labelled images found in the dataset folder ({unlabelled} images have no masks folder)",
             f"add masks: {layout}",
             root,
         )
     if not samples:
-        raise DatasetError(f"no images found under {root}", f"put the images in {layout}", root)
+        raise DatasetError("no images found in the dataset folder", f"put the images in {layout}", root)
 
 
 def read_class_names(path: Path) -> tuple[str, ...]:
