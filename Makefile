@@ -1,11 +1,30 @@
-# The two commands of the README. Both set everything up themselves (scripts/setup.sh, idempotent).
-.PHONY: repro test setup
+# The README's commands. Each sets everything up itself (scripts/setup.sh, idempotent).
+.PHONY: setup repro test promote retrain
+
+VENV ?= .venv
+ACTIVATE = . $(VENV)/bin/activate
+# Where `make retrain` pushes DVC data when the repository has no DVC remote yet.
+DVC_REMOTE_DIR = $(or $(DVC_REMOTE),$(HOME)/.cache/segpipe/dvc-remote)
+# Production: only a CUDA-trained model may become champion (make retrain REQUIRE_GPU=true).
+REQUIRE_GPU ?= false
+PROMOTE_FLAGS = $(if $(filter true,$(REQUIRE_GPU)),--require-gpu,)
 
 setup:
-	@bash scripts/setup.sh
+	@SEGPIPE_VENV=$(VENV) bash scripts/setup.sh
 
 repro: setup
-	@. .venv/bin/activate && dvc repro
+	@$(ACTIVATE) && dvc repro
 
 test: setup
-	@. .venv/bin/activate && python -m pytest
+	@$(ACTIVATE) && python -m pytest
+
+promote: setup
+	@$(ACTIVATE) && segpipe promote $(PROMOTE_FLAGS)
+
+# What the scheduled CI job runs: fetch data/outputs, retrain what changed, gate the promotion, store results.
+retrain: setup
+	@$(ACTIVATE) && { dvc remote list | grep -q . || dvc remote add --local --default local "$(DVC_REMOTE_DIR)"; } \
+	  && { dvc pull --allow-missing || echo "[retrain] nothing to pull yet"; } \
+	  && dvc repro \
+	  && segpipe promote $(PROMOTE_FLAGS) \
+	  && dvc push

@@ -6,8 +6,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
-VENV=.venv
-STAMP="$VENV/.segpipe-installed"
+VENV="${SEGPIPE_VENV:-.venv}"
 WANT="$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -d' ' -f1)"
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -15,6 +14,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 
+VENV="$(cd "$VENV" && pwd)"
+STAMP="$VENV/.segpipe-installed"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "[setup] installing pinned dependencies (first time: a few minutes)"
   export PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -25,7 +26,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "$WANT" > "$STAMP"
 fi
 
-export PATH="$PWD/$VENV/bin:$PATH"
+export PATH="$VENV/bin:$PATH"
 if ! git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
   echo "[setup] initialising a git repository"
   git init -q

@@ -1,6 +1,9 @@
 """Behaviour of segpipe.models: shapes, gradients, initialisation, registry validation."""
 
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import segmentation_models_pytorch as smp
@@ -102,6 +105,18 @@ def test_predict_returns_logits_in_eval_mode_without_gradients():
     assert not model.training
     assert not logits.requires_grad
     assert logits.shape == (1, NUM_CLASSES, 32, 32)
+
+
+def test_static_encoder_list_matches_the_installed_smp():
+    from segpipe.models.smp_baselines import ENCODER_NAMES
+
+    assert ENCODER_NAMES == set(smp.encoders.get_encoder_names())
+
+
+def test_params_validation_does_not_import_smp():
+    code = ("import sys; from segpipe.config import load_params; load_params('params.yaml'); "
+            "assert 'segmentation_models_pytorch' not in sys.modules, 'smp imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], check=True)
 
 
 def test_smp_baselines_never_touch_the_network(monkeypatch):

@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 import yaml
 from PIL import Image
 
@@ -48,15 +53,55 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     return result
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
+def mlflow_server(tmp_path_factory) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 (one worker, job execution off), as a team would run it."""
+    store = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = (store / "server.log").open("w")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+         "--artifacts-destination", str(store / "artifacts")],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if requests.get(f"{uri}/health", timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise AssertionError("mlflow server did not start:\n" + (store / "server.log").read_text()[-3000:])
+        time.sleep(0.5)
+    yield uri
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, mlflow_server) -> Path:
     dest = tmp_path_factory.mktemp("segpipe")
     for name in ("pipelines", "src"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("dvc.yaml", ".gitignore", ".dvcignore", "data/raw/README.md"):
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, dest / name)
-    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    params = tiny_params()
+    params["tracking"]["uri"] = mlflow_server  # the pipeline logs over HTTP, unchanged
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], dest)
     run(["dvc", "init", "-q"], dest)
     run(["dvc", "config", "core.analytics", "false"], dest)
@@ -95,36 +140,66 @@ def test_all_stages_write_their_outputs(project):
     assert (models["gflops_256x256"] > 0).all()
 
 
-def test_registry_holds_the_best_model_under_challenger(project):
+def test_registry_holds_the_best_model_under_challenger(project, mlflow_server):
     import mlflow
 
     record = json.loads((project / "reports/registry.json").read_text())
     board = pd.read_csv(project / "reports/leaderboard.csv")
     best = board[board["architecture"] != "majority_class"].iloc[0]["architecture"]
     assert record["name"] == "segpipe-synthetic" and record["alias"] == "challenger"
-    assert record["architecture"] == best
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    assert record["architecture"] == best and record["tracking_uri"] == mlflow_server
+    mlflow.set_tracking_uri(mlflow_server)
     client = mlflow.MlflowClient()
     version = client.get_model_version_by_alias("segpipe-synthetic", "challenger")
     assert str(version.version) == record["version"]
     assert "test_miou" in version.description
-    runs = client.search_runs([client.get_experiment_by_name("segpipe-synthetic").experiment_id])
-    segmenters = [run for run in runs if run.data.tags["task"] == "segment"]
-    assert {run.data.tags["architecture"] for run in segmenters} == set(ARCHITECTURES)
-    assert all(len(client.get_metric_history(run.info.run_id, "val_miou")) == 1 for run in segmenters)
-    (denoiser,) = [run for run in runs if run.data.tags["task"] == "denoise"]
-    assert denoiser.info.run_name == "denoise-autoencoder" and "test_psnr" in denoiser.data.metrics
-    cwd = os.getcwd()
-    os.chdir(project)  # artifact paths in the store are relative to the project
-    try:
-        model = mlflow.pytorch.load_model("models:/segpipe-synthetic@challenger")
-    finally:
-        os.chdir(cwd)
+    model = mlflow.pytorch.load_model("models:/segpipe-synthetic@challenger")  # artifacts served over HTTP
     import torch
 
     with torch.no_grad():
         logits = model(torch.rand(2, 3, 64, 96))
     assert logits.shape == (2, 6, 64, 96)
+
+
+def api(server: str, endpoint: str, **payload) -> dict:
+    """One MLflow REST call, as any HTTP client would make it."""
+    if payload:
+        response = requests.post(f"{server}/api/2.0/mlflow/{endpoint}", json=payload, timeout=30)
+    else:
+        response = requests.get(f"{server}/api/2.0/mlflow/{endpoint}", timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def test_rest_api_shows_one_parent_run_with_a_nested_run_per_model(project, mlflow_server):
+    experiment = api(mlflow_server, "experiments/get-by-name?experiment_name=segpipe-synthetic")["experiment"]
+    runs = api(mlflow_server, "runs/search", experiment_ids=[experiment["experiment_id"]], max_results=200)["runs"]
+    tags = {run["info"]["run_id"]: {t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in runs}
+    first_repro = [run_id for run_id, t in tags.items() if "segpipe.pipeline" in t]
+    parent = min(first_repro, key=lambda run_id: next(r for r in runs if r["info"]["run_id"] == run_id)["info"]["start_time"])
+    children = [r for r in runs if tags[r["info"]["run_id"]].get("mlflow.parentRunId") == parent]
+    names = {tags[r["info"]["run_id"]]["architecture"] + ("" if tags[r["info"]["run_id"]]["task"] == "segment" else "/denoise")
+             for r in children}
+    assert names == {*ARCHITECTURES, "autoencoder/denoise"}
+    for child in children:
+        metrics = {m["key"] for m in child["data"]["metrics"]}
+        params = {p["key"] for p in child["data"]["params"]}
+        assert {"arch", "upsample", "lr", "epochs", "batch_size", "image_size", "params_m"} <= params
+        if tags[child["info"]["run_id"]]["task"] == "segment":
+            assert {"val_miou", "test_miou", "test_dice", "test_pixel_acc", "test_iou_background", "infer_img_per_s"} <= metrics
+            listed = api(mlflow_server, f"artifacts/list?run_id={child['info']['run_id']}")
+            files = {f["path"] for f in listed.get("files", [])}
+            assert {"confusion_matrix.png", "per_class_iou.png", "predictions.png"} <= files, files
+        child_tags = tags[child["info"]["run_id"]]
+        assert {"git_commit", "data_hash", "device", "torch_version"} <= set(child_tags)
+    logged = api(mlflow_server, "logged-models/search", experiment_ids=[experiment["experiment_id"]])["models"]
+    sources = {model["info"]["source_run_id"] for model in logged}
+    assert {child["info"]["run_id"] for child in children} <= sources  # every nested run logged its model
+    parent_run = next(r for r in runs if r["info"]["run_id"] == parent)
+    assert parent_run["info"]["status"] == "FINISHED"
+    assert "best_test_miou" in {m["key"] for m in parent_run["data"]["metrics"]}
+    model = api(mlflow_server, "registered-models/get?name=segpipe-synthetic")["registered_model"]
+    assert "challenger" in {alias["alias"] for alias in model.get("aliases", [])}
 
 
 def test_second_repro_runs_nothing(project):

@@ -218,6 +218,17 @@ class RegisterParams(_Section):
     alias: str = Field("challenger", pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
+class PromoteParams(_Section):
+    """``promote``: when the challenger may replace the champion (``segpipe promote``)."""
+
+    min_delta: float = Field(0.005, ge=0)
+    """Smallest test-mIoU gain over the champion that counts as better."""
+    require_gpu: bool = False
+    """Production setting: only a model trained on CUDA can become champion."""
+    bootstrap_resamples: int = Field(1000, ge=100)
+    seed: int = 0
+
+
 class ModelsTableParams(_Section):
     """``models_table``: reference size of the models table."""
 
@@ -241,6 +252,7 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     compare: CompareParams = CompareParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
+    promote: PromoteParams = PromoteParams()
     models_table: ModelsTableParams = ModelsTableParams()
     tracking: TrackingParams = TrackingParams()
 

@@ -41,6 +41,15 @@ class ProjectPaths:
         return self.reports / "leaderboard.md"
 
     @property
+    def promotion_record(self) -> Path:
+        return self.reports / "promotion.json"
+
+    @property
+    def registry_lock(self) -> Path:
+        """Serialises promotions and rollbacks on this machine."""
+        return self.root / ".segpipe-registry.lock"
+
+    @property
     def plots(self) -> Path:
         return self.reports / "plots"
 

@@ -61,7 +61,8 @@ def register_version(
     name = registered_model_name(dataset)
     version = mlflow.register_model(
         record["model_uri"], name,
-        tags={"architecture": record["architecture"], "dataset": dataset, metric: f"{record[metric]:.6f}"},
+        tags={"architecture": record["architecture"], "dataset": dataset, metric: f"{record[metric]:.6f}",
+              "device": str(record.get("device", "unknown"))},
     )
     client.update_model_version(name, version.version, description=model_card(record, metric))
     client.set_registered_model_alias(name, alias, version.version)

@@ -78,6 +78,21 @@ def manifest_row(
     return row
 
 
+def data_version(prepared_dir: Path, lock_file: Path) -> str:
+    """DVC's hash of the prepared data (from ``dvc.lock``), else a digest of its manifest."""
+    try:
+        import yaml
+
+        lock = yaml.safe_load(Path(lock_file).read_text())
+        for out in lock["stages"]["prepare"]["outs"]:
+            if Path(out["path"]) == Path("data/prepared"):
+                return f"dvc:{out['md5']}"
+    except (OSError, KeyError, TypeError, ValueError):
+        pass
+    digest = hashlib.sha256((Path(prepared_dir) / MANIFEST_FILE).read_bytes()).hexdigest()[:20]
+    return f"manifest:{digest}"
+
+
 def read_manifest(prepared_dir: Path) -> pd.DataFrame:
     path = Path(prepared_dir) / MANIFEST_FILE
     if not path.is_file():

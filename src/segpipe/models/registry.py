@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
-import segmentation_models_pytorch as smp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from segpipe.models import autoencoder, dilated, segnet, xception_unet
@@ -73,13 +72,13 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
         ArchitectureSpec("segnet", "seed", segnet.SegNetConfig, segnet.build),
         ArchitectureSpec("xception_unet", "seed", xception_unet.XceptionUNetConfig, xception_unet.build),
         ArchitectureSpec("dilated", "seed", dilated.DilatedNetConfig, dilated.build),
-        ArchitectureSpec("smp_unet", "baseline", SmpUnetConfig, partial(build_smp, smp.Unet)),
-        ArchitectureSpec("smp_fpn", "baseline", SmpFPNConfig, partial(build_smp, smp.FPN)),
+        ArchitectureSpec("smp_unet", "baseline", SmpUnetConfig, partial(build_smp, "Unet")),
+        ArchitectureSpec("smp_fpn", "baseline", SmpFPNConfig, partial(build_smp, "FPN")),
         ArchitectureSpec(
             "smp_deeplabv3plus",
             "baseline",
             SmpDeepLabV3PlusConfig,
-            partial(build_smp, smp.DeepLabV3Plus),
+            partial(build_smp, "DeepLabV3Plus"),
         ),
     )
 }

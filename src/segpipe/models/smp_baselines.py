@@ -1,13 +1,35 @@
 """segmentation_models_pytorch baselines, always randomly initialised (nothing is downloaded)."""
 
 import difflib
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import segmentation_models_pytorch as smp
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from segpipe.models.base import SegmentationNetwork
+
+if TYPE_CHECKING:
+    import segmentation_models_pytorch as smp
+
+# smp.encoders.get_encoder_names() of the pinned smp 0.6.0 (tests keep it equal). Listing them here lets
+# params be validated without importing smp, timm and torchvision (~2 s) in every pipeline stage.
+ENCODER_NAMES: frozenset[str] = frozenset({
+    'densenet121', 'densenet161', 'densenet169', 'densenet201', 'dpn107', 'dpn131', 'dpn68',
+    'dpn68b', 'dpn92', 'dpn98', 'efficientnet-b0', 'efficientnet-b1', 'efficientnet-b2',
+    'efficientnet-b3', 'efficientnet-b4', 'efficientnet-b5', 'efficientnet-b6', 'efficientnet-b7',
+    'inceptionresnetv2', 'inceptionv4', 'mit_b0', 'mit_b1', 'mit_b2', 'mit_b3', 'mit_b4', 'mit_b5',
+    'mobilenet_v2', 'mobileone_s0', 'mobileone_s1', 'mobileone_s2', 'mobileone_s3', 'mobileone_s4',
+    'resnet101', 'resnet152', 'resnet18', 'resnet34', 'resnet50', 'resnext101_32x16d',
+    'resnext101_32x32d', 'resnext101_32x48d', 'resnext101_32x4d', 'resnext101_32x8d',
+    'resnext50_32x4d', 'se_resnet101', 'se_resnet152', 'se_resnet50', 'se_resnext101_32x4d',
+    'se_resnext50_32x4d', 'senet154', 'timm-efficientnet-b0', 'timm-efficientnet-b1',
+    'timm-efficientnet-b2', 'timm-efficientnet-b3', 'timm-efficientnet-b4', 'timm-efficientnet-b5',
+    'timm-efficientnet-b6', 'timm-efficientnet-b7', 'timm-efficientnet-b8', 'timm-efficientnet-l2',
+    'timm-skresnet18', 'timm-skresnet34', 'timm-skresnext50_32x4d', 'timm-tf_efficientnet_lite0',
+    'timm-tf_efficientnet_lite1', 'timm-tf_efficientnet_lite2', 'timm-tf_efficientnet_lite3',
+    'timm-tf_efficientnet_lite4', 'vgg11', 'vgg11_bn', 'vgg13', 'vgg13_bn', 'vgg16', 'vgg16_bn',
+    'vgg19', 'vgg19_bn', 'xception'
+})
 
 
 class SmpConfig(BaseModel):
@@ -20,8 +42,8 @@ class SmpConfig(BaseModel):
     @field_validator("encoder")
     @classmethod
     def _known_encoder(cls, name: str) -> str:
-        known = smp.encoders.get_encoder_names()
-        if name in known or name.startswith("tu-"):
+        known = sorted(ENCODER_NAMES)
+        if name in ENCODER_NAMES or name.startswith("tu-"):
             return name
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
         raise ValueError(
@@ -56,7 +78,7 @@ class SmpModel(SegmentationNetwork):
     State-dict keys are the smp model's, prefixed with ``network.``.
     """
 
-    def __init__(self, network: smp.base.SegmentationModel):
+    def __init__(self, network: "smp.base.SegmentationModel"):
         divisible = network.requires_divisible_input_shape
         super().__init__(output_stride=network.encoder.output_stride if divisible else 1)
         self.network = network
@@ -67,13 +89,15 @@ class SmpModel(SegmentationNetwork):
 
 
 def build_smp(
-    architecture: type[smp.base.SegmentationModel],
+    architecture: Literal["Unet", "FPN", "DeepLabV3Plus"],
     config: SmpConfig,
     num_classes: int,
     in_channels: int,
 ) -> SmpModel:
-    """Randomly initialised ``architecture`` (``encoder_weights=None``) wrapped in SmpModel."""
-    network = architecture(
+    """Randomly initialised ``smp.<architecture>`` (``encoder_weights=None``) wrapped in SmpModel."""
+    import segmentation_models_pytorch as smp  # only where an smp model is built
+
+    network = getattr(smp, architecture)(
         encoder_name=config.encoder,
         encoder_weights=None,
         in_channels=in_channels,

@@ -181,4 +181,19 @@ def run_compare(params: Params, paths: ProjectPaths) -> pd.DataFrame:
     io.write_text(paths.leaderboard_md, markdown)
     plot_leaderboard(frame, metric, paths.plots / "leaderboard.png")
     plot_per_class_iou(records, info.class_names, paths.plots / "per_class_iou.png")
+    if params.tracking.enabled:
+        _summarise_in_parent_runs(params, paths, frame, metric)
     return frame
+
+
+def _summarise_in_parent_runs(params: Params, paths: ProjectPaths, frame: pd.DataFrame, metric: str) -> None:
+    """The pipeline's parent run(s) get the leaderboard, the best score and each model's score; then FINISHED."""
+    from segpipe.tracking.mlflow_tracking import finish_parent
+
+    models = frame[frame["family"] != "reference"]
+    parents = {io.read_json(paths.metrics(name)).get("parent_run_id") for name in models["architecture"]} - {None}
+    scores = {f"best_{metric}": float(models[metric].max()),
+              **{f"{metric}.{name}": float(value) for name, value in zip(models["architecture"], models[metric])}}
+    artifacts = [paths.leaderboard_md, paths.leaderboard_csv, paths.plots / "leaderboard.png", paths.plots / "per_class_iou.png"]
+    for parent in sorted(parents):
+        finish_parent(params.tracking, parent, scores, artifacts)

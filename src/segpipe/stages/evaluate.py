@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from segpipe.config import Params
 from segpipe.data.cache import load_split
 from segpipe.data.loader import BatchLoader
 from segpipe.data.manifest import DatasetInfo
+from segpipe.figures import confusion_matrix_png, per_class_iou_png, prediction_grid_png
 from segpipe.metrics import metrics_from_confusion
 from segpipe.models import count_params_m
 from segpipe.models.profile import gflops_per_image
@@ -94,6 +96,7 @@ def _model_figures(params: Params, trained: TrainedModel, speed_batch: torch.Ten
         "train_seconds": round(float(history["train_seconds"]), 1),
         "device": describe_device(trained.device),
         "run_id": trained.run["run_id"],
+        "parent_run_id": trained.run.get("parent_run_id"),
         "model_uri": trained.run["model_uri"],
     }
 
@@ -121,6 +124,16 @@ def run_evaluate(params: Params, architecture: str, paths: ProjectPaths) -> dict
         per_class = {f"test_iou_{name}": v for name, v in record["test_per_class_iou"].items() if v is not None}
         trained.tracker.log_metrics({**numeric, **per_class, "infer_img_per_s": record["infer_img_per_s"]})
         trained.tracker.log_artifact(str(paths.metrics(architecture)))
+        images, masks = next(iter(loader))
+        with tempfile.TemporaryDirectory() as scratch:
+            figures = Path(scratch)
+            title = f"{architecture}: test mIoU {scores.miou:.3f}"
+            confusion_matrix_png(matrix, info.class_names, figures / "confusion_matrix.png", title)
+            per_class_iou_png(record["test_per_class_iou"], figures / "per_class_iou.png", title)
+            prediction_grid_png(trained.model, images[:6], masks[:6], info.num_classes, info.ignore_index,
+                                figures / "predictions.png")
+            for figure in sorted(figures.iterdir()):
+                trained.tracker.log_artifact(str(figure))
     return record
 
 

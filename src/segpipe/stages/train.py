@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 from collections.abc import Iterator
 
 import torch
@@ -13,7 +14,7 @@ from segpipe import io
 from segpipe.config import Params
 from segpipe.data.cache import load_split
 from segpipe.data.loader import BatchLoader
-from segpipe.data.manifest import DatasetInfo
+from segpipe.data.manifest import DatasetInfo, data_version
 from segpipe.models import build_model, build_reconstruction_model, count_params_m
 from segpipe.models.registry import architecture_family
 from segpipe.paths import ProjectPaths
@@ -41,13 +42,14 @@ def check_image_size(architecture: str, output_stride: int, image_size: tuple[in
 
 
 @contextlib.contextmanager
-def _tracking(params: Params, dataset: str, architecture: str, tags: dict[str, str]) -> Iterator[Tracker]:
+def _tracking(params: Params, dataset: str, run_label: str, tags: dict[str, str], config_digest: str) -> Iterator[Tracker]:
+    """An MLflow run nested under this pipeline execution's parent run (a no-op tracker when tracking is off)."""
     if not params.tracking.enabled:
         yield NullTracker()
         return
-    from segpipe.tracking.mlflow_tracking import start_run  # MLflow only where tracking is on
+    from segpipe.tracking.mlflow_tracking import pipeline_key, start_run  # MLflow only where tracking is on
 
-    with start_run(params.tracking, dataset, architecture, tags) as tracker:
+    with start_run(params.tracking, dataset, run_label, tags, pipeline=pipeline_key(config_digest)) as tracker:
         yield tracker
 
 
@@ -107,8 +109,9 @@ def run_train(
     val_loader = BatchLoader(load_split(paths.prepared, "val"), settings.batch_size, device)
     checkpoint_path = paths.checkpoint(architecture, task)
     family = architecture_family(architecture)
+    data_hash = data_version(paths.prepared, paths.root / "dvc.lock")
     tags = {"architecture": architecture, "family": family, "task": task, "dataset": info.name,
-            "device": describe_device(device), "torch_version": torch.__version__}
+            "data_hash": data_hash, "device": describe_device(device), "torch_version": torch.__version__}
 
     def on_best(best_model: nn.Module, record: EpochRecord) -> None:
         meta = CheckpointMeta(architecture, options, out_channels, info.class_names, info.image_size,
@@ -120,9 +123,11 @@ def run_train(
         task_params = {"corruption": params.denoise.corruption, "corruption_level": params.denoise.level,
                        "loss": params.denoise.loss}
     label = run_name(architecture, task)
-    with _tracking(params, info.name, label, tags) as tracker:
+    config_digest = hashlib.sha256(f"{data_hash}:{params.model_dump_json()}".encode()).hexdigest()
+    with _tracking(params, info.name, label, tags, config_digest) as tracker:
         tracker.log_params({
             "arch": architecture, "family": family, "task": task, "dataset": info.name, "epochs": epochs,
+            "upsample": options.get("upsample", "n/a"),
             "batch_size": settings.batch_size, "lr": settings.lr, "weight_decay": settings.weight_decay,
             "seed": settings.seed, "image_size": "x".join(map(str, info.image_size)),
             "params_m": round(count_params_m(model), 4), **task_params,
@@ -135,7 +140,7 @@ def run_train(
         best_model, _ = load_checkpoint(checkpoint_path, device)
         example = val_loader.images[:1].float().div(255).cpu().numpy()
         record = {"architecture": architecture, "task": task, "run_id": tracker.run_id,
-                  "model_uri": tracker.log_model(best_model, example)}
+                  "parent_run_id": tracker.parent_run_id, "model_uri": tracker.log_model(best_model, example)}
 
     io.write_json(paths.history(architecture, task), {
         "architecture": architecture, "task": task, "monitor": result.monitor, "best_epoch": result.best_epoch,

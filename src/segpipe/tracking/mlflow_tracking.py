@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -48,6 +50,7 @@ class MlflowTracker:
 
     run_id: str
     client: mlflow.MlflowClient
+    parent_run_id: str | None = None
 
     def log_params(self, params: Mapping[str, object]) -> None:
         items = [Param(key, str(value)) for key, value in params.items()]
@@ -71,6 +74,7 @@ class MlflowTracker:
                 serialization_format="pickle",
                 pip_requirements=MODEL_PIP_REQUIREMENTS,
                 signature=infer_signature(input_example, output),
+                input_example=input_example,
             )
         return info.model_uri
 
@@ -92,13 +96,78 @@ def _active(run_id: str) -> Iterator[None]:
         mlflow.end_run()
 
 
+PIPELINE_TAG = "segpipe.pipeline"
+PIPELINE_ENV = "SEGPIPE_PIPELINE_RUN"
+
+
+def _dvc_ancestor() -> str | None:
+    """``<pid>-<start time>`` of the ``dvc repro`` / ``dvc exp`` process running this stage (Linux ``/proc``)."""
+    pid = os.getppid()
+    for _ in range(8):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()
+        if any(Path(part.decode(errors="replace")).name == "dvc" for part in cmdline[:2]):
+            return f"{pid}-{fields[19]}"  # field 22 of stat: start time since boot
+        pid = int(fields[1])  # field 4: parent pid
+        if pid <= 1:
+            return None
+    return None
+
+
+def pipeline_key(config_digest: str) -> str:
+    """Identifies one pipeline execution: ``$SEGPIPE_PIPELINE_RUN``, else the ``dvc`` process that runs the
+    stages, else (a stage run by hand) the code commit + params + data digest."""
+    explicit = os.environ.get(PIPELINE_ENV)
+    if explicit:
+        return explicit
+    ancestor = _dvc_ancestor()
+    if ancestor:
+        return f"dvc-{ancestor}"
+    return f"config-{git_commit()[:12]}-{config_digest[:12]}"
+
+
+def pipeline_parent(client: mlflow.MlflowClient, experiment_id: str, key: str, tags: Mapping[str, str]) -> str:
+    """The parent run of pipeline execution ``key`` in the experiment, created on first use."""
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{key}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        experiment_id,
+        run_name=f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        tags={PIPELINE_TAG: key, "git_commit": git_commit(), **tags},
+    )
+    return run.info.run_id
+
+
 @contextmanager
-def start_run(params: TrackingParams, dataset: str, run_name: str, tags: Mapping[str, str]) -> Iterator[MlflowTracker]:
-    """A new run in experiment ``segpipe-<dataset>``; marked FAILED if the block raises."""
+def start_run(
+    params: TrackingParams, dataset: str, run_name: str, tags: Mapping[str, str], pipeline: str | None = None
+) -> Iterator[MlflowTracker]:
+    """A new run in experiment ``segpipe-<dataset>``, nested under the parent run of pipeline execution
+    ``pipeline`` (see :func:`pipeline_key`) when given; marked FAILED if the block raises."""
     mlflow.set_tracking_uri(tracking_uri(params))
-    mlflow.set_experiment(experiment_name(dataset))
-    with mlflow.start_run(run_name=run_name, tags={"git_commit": git_commit(), **tags}) as run:
-        yield MlflowTracker(run.info.run_id, mlflow.MlflowClient())
+    experiment = mlflow.set_experiment(experiment_name(dataset))
+    all_tags = {"git_commit": git_commit(), **tags}
+    parent = None
+    if pipeline is not None:
+        parent = pipeline_parent(mlflow.MlflowClient(), experiment.experiment_id, pipeline, {"dataset": dataset})
+        all_tags["mlflow.parentRunId"] = parent
+    with mlflow.start_run(run_name=run_name, tags=all_tags) as run:
+        yield MlflowTracker(run.info.run_id, mlflow.MlflowClient(), parent)
+
+
+def finish_parent(params: TrackingParams, parent_run_id: str, metrics: Mapping[str, float], artifacts: list[Path]) -> None:
+    """Log the pipeline's summary to its parent run and mark the parent FINISHED."""
+    mlflow.set_tracking_uri(tracking_uri(params))
+    tracker = MlflowTracker(parent_run_id, mlflow.MlflowClient())
+    tracker.log_metrics(metrics)
+    for path in artifacts:
+        tracker.log_artifact(str(path))
+    tracker.client.set_terminated(parent_run_id, "FINISHED")
 
 
 def resume_run(params: TrackingParams, run_id: str, architecture: str) -> MlflowTracker:

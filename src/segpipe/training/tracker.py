@@ -13,6 +13,8 @@ class Tracker(Protocol):
     """Receives a run's parameters, per-step metrics and the final model."""
 
     run_id: str | None
+    parent_run_id: str | None
+    """The pipeline execution's parent run, where runs are nested (None: not nested, or not tracked)."""
 
     def log_params(self, params: Mapping[str, object]) -> None: ...
 
@@ -27,6 +29,7 @@ class NullTracker:
     """Tracks nothing: for tracking switched off, or hosts without MLflow."""
 
     run_id: str | None = None
+    parent_run_id: str | None = None
 
     def log_params(self, params: Mapping[str, object]) -> None:
         return None

@@ -1,0 +1,107 @@
+"""The ``segpipe`` command: registry operations and prediction (the pipeline itself runs with ``dvc repro``).
+
+    segpipe promote            # challenger -> champion if it passes the gates (params.yaml: promote)
+    segpipe rollback           # champion -> the previous champion
+    segpipe models             # versions, aliases, metrics
+    segpipe predict IMAGE... --model models:/segpipe-synthetic@champion --out predictions/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from segpipe.cli import USER_ERRORS
+from segpipe.config import load_params
+from segpipe.paths import ProjectPaths
+
+
+def _promote(args: argparse.Namespace) -> None:
+    from segpipe.promotion import promote
+
+    params = load_params(args.params)
+    if args.require_gpu:
+        params = params.model_copy(update={"promote": params.promote.model_copy(update={"require_gpu": True})})
+    decision = promote(params, ProjectPaths(args.root))
+    print(f"{'PROMOTED' if decision.promoted else 'KEPT'} {decision.model}: challenger v{decision.challenger_version} "
+          f"vs {decision.baseline}: {decision.reason}")
+
+
+def _rollback(args: argparse.Namespace) -> None:
+    from segpipe.promotion import rollback
+
+    record = rollback(load_params(args.params), ProjectPaths(args.root))
+    print(f"champion of {record['model']} is version {record['champion_version']} again "
+          f"(was {record['replaced_version']})")
+
+
+def _models(args: argparse.Namespace) -> None:
+    from segpipe.data.manifest import DatasetInfo
+    from segpipe.promotion import list_versions
+
+    params = load_params(args.params)
+    dataset = args.dataset or DatasetInfo.load(ProjectPaths(args.root).prepared).name
+    rows = list_versions(params, dataset)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    columns = ["version", "aliases", "architecture", "test_miou", "device", "promotion"]
+    print(" | ".join(columns))
+    for row in rows:
+        print(" | ".join(str(row[column]) for column in columns))
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from segpipe.predict import predict_files
+    from segpipe.tracking.mlflow_tracking import tracking_uri
+    from segpipe.training.device import resolve_device
+
+    if args.model.startswith(("models:/", "runs:/")):
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri(load_params(args.params).tracking))
+    written = predict_files(args.images, args.model, args.out, resolve_device(args.device),
+                            tuple(args.size) if args.size else None)
+    print(f"wrote {len(written)} files to {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
+    parser.add_argument("--root", type=Path, default=Path("."), help="project root holding data/, models/, reports/")
+    commands = parser.add_subparsers(dest="command", required=True)
+    promote = commands.add_parser("promote", help="move the champion alias to the challenger if it is better")
+    promote.add_argument("--require-gpu", action="store_true", help="only a CUDA-trained model may become champion")
+    promote.set_defaults(run=_promote)
+    commands.add_parser("rollback", help="restore the previous champion").set_defaults(run=_rollback)
+    models = commands.add_parser("models", help="list registered versions, aliases and metrics")
+    models.add_argument("--dataset", help="dataset name (default: the prepared dataset's)")
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.set_defaults(run=_models)
+    predict = commands.add_parser("predict", help="write class-id masks and colour overlays for images")
+    predict.add_argument("images", nargs="+", type=Path)
+    predict.add_argument("--model", required=True, help="models:/<name>@<alias>, models:/<name>/<version> or a model.pt")
+    predict.add_argument("--out", type=Path, required=True, help="output folder")
+    predict.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="run at this size (e.g. the training size)")
+    predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    predict.set_defaults(run=_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        args.run(args)
+    except (*USER_ERRORS, MlflowException, TimeoutError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
