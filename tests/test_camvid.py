@@ -9,11 +9,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
+from PIL import Image
 
+from segpipe.command import main
 from segpipe.config import parse_params
 from segpipe.data.cache import load_split
 from segpipe.data.manifest import DatasetInfo, read_manifest
 from segpipe.paths import ProjectPaths
+from segpipe.promotion import promote
+from segpipe.registry import register_version
 from segpipe.stages.compare import majority_class_row
 from segpipe.stages.evaluate import run_evaluate
 from segpipe.stages.train import run_train
@@ -27,13 +32,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def camvid_params(**prepare):
+def camvid_params(tracking_uri: str | None = None, **prepare):
+    tracking = {"uri": tracking_uri} if tracking_uri else {"enabled": False}
     return parse_params({
         "prepare": {"dataset": "camvid", "root": CAMVID, "image_size": [96, 128], **prepare},
         "train": {"architectures": ["unet"], "epochs": 8, "batch_size": 8, "lr": 0.003, "device": "cpu",
                   "models": {"unet": {"depth": 3, "base_channels": 16}}},
         "evaluate": {"speed_runs": 1},
-        "tracking": {"enabled": False},
+        "tracking": tracking,
     })
 
 
@@ -59,8 +65,10 @@ def test_full_camvid_prepares_and_validates_with_the_release_counts(full_camvid)
     assert manifest["source_image"].str.endswith(".png").all()
 
 
-def test_short_camvid_training_beats_the_majority_class(tmp_path):
-    params = camvid_params(max_per_split=96)
+def test_short_camvid_training_beats_the_majority_class_and_its_champion_predicts(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # MLflow artifacts land in tmp_path/mlruns
+    params = camvid_params(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", max_per_split=96)
     paths = ProjectPaths(tmp_path)
     from segpipe.data.prepare import prepare_dataset
 
@@ -72,3 +80,16 @@ def test_short_camvid_training_beats_the_majority_class(tmp_path):
     majority = majority_class_row(paths.prepared, info)
     assert record["test_miou"] > 2 * majority["test_miou"], (record["test_miou"], majority["test_miou"])
     assert pd.notna(record["test_pixel_acc"]) and record["test_pixel_acc"] > majority["test_pixel_acc"]
+
+    register_version(params.tracking, info.name, record, "test_miou", "challenger")
+    decision = promote(params, paths)
+    assert decision.promoted and decision.baseline == "majority_class", decision.reason
+    image = sorted((Path(CAMVID) / "test" / "images").glob("*.png"))[0]
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params.model_dump(mode="json", by_alias=True)))
+    out = tmp_path / "predictions"
+    code = main(["--params", str(params_file), "--root", str(tmp_path), "predict", str(image),
+                 "--model", "models:/segpipe-camvid@champion", "--out", str(out), "--size", "96", "128"])
+    assert code == 0
+    mask = np.asarray(Image.open(out / f"{image.stem}_mask.png"))
+    assert mask.shape == (360, 480) and mask.max() < 11

@@ -202,6 +202,34 @@ def test_rest_api_shows_one_parent_run_with_a_nested_run_per_model(project, mlfl
     assert "challenger" in {alias["alias"] for alias in model.get("aliases", [])}
 
 
+CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser") if shutil.which(name)), None)
+
+
+def headless_chromium(*args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+             "--disable-dev-shm-usage", "--virtual-time-budget=30000"]
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH: scripts/install_chromium.sh installs Debian's")
+def test_mlflow_ui_compare_page_lines_up_the_architectures(project, mlflow_server):
+    experiment = api(mlflow_server, "experiments/get-by-name?experiment_name=segpipe-synthetic")["experiment"]
+    runs = api(mlflow_server, "runs/search", experiment_ids=[experiment["experiment_id"]], max_results=200)["runs"]
+    tags = {run["info"]["run_id"]: {t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in runs}
+    parent = min((r for r in runs if "segpipe.pipeline" in tags[r["info"]["run_id"]]), key=lambda r: r["info"]["start_time"])
+    children = [r["info"]["run_id"] for r in runs if tags[r["info"]["run_id"]].get("mlflow.parentRunId") == parent["info"]["run_id"]]
+    url = (f"{mlflow_server}/#/compare-runs?runs={json.dumps(children, separators=(',', ':'))}"
+           f"&experiments={json.dumps([experiment['experiment_id']])}")
+    page = headless_chromium("--dump-dom", url)
+    assert page.returncode == 0, page.stderr[-2000:]
+    for name in ARCHITECTURES:
+        assert name in page.stdout, f"{name} not on the compare page"
+    assert "test_miou" in page.stdout
+    screenshot = ROOT / "reports" / "mlflow_compare.png"
+    shot = headless_chromium("--window-size=1600,1100", f"--screenshot={screenshot}", url)
+    assert shot.returncode == 0 and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
+
+
 def test_second_repro_runs_nothing(project):
     result = run(["dvc", "repro"], project)
     assert "Running stage" not in result.stdout
@@ -223,6 +251,39 @@ def test_experiment_with_changed_param_reruns_training(project):
     assert len(history["epochs"]) == 2
     shown = run(["dvc", "exp", "show", "--csv"], project).stdout
     assert "train.epochs" in shown and "test_miou" in shown
+
+
+def test_make_retrain_registers_a_new_challenger_and_follows_the_gate(project, mlflow_server, tmp_path):
+    import mlflow
+
+    for name in ("Makefile", "scripts/setup.sh", "pyproject.toml", "requirements/constraints.txt"):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, project / name)
+    make = ["make", "retrain", f"VENV={Path(sys.executable).parents[1]}", f"DVC_REMOTE={tmp_path / 'remote'}"]
+    mlflow.set_tracking_uri(mlflow_server)
+    client = mlflow.MlflowClient()
+
+    def retrain() -> tuple[dict, str]:
+        run(make, project)
+        decision = json.loads((project / "reports/promotion.json").read_text())
+        return decision, str(client.get_model_version_by_alias("segpipe-synthetic", "challenger").version)
+
+    first, first_challenger = retrain()
+    assert first["challenger_version"] == first_challenger
+    assert any((tmp_path / "remote").rglob("*")), "dvc push stored nothing"
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["prepare"]["splits"]["train"] += 8  # new data arrived
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    champion_before = client.get_registered_model("segpipe-synthetic").aliases.get("champion")
+    second, second_challenger = retrain()
+    assert int(second_challenger) > int(first_challenger)  # the retrained best model is a new version
+    assert second["challenger_version"] == second_challenger
+    comparison = second["comparison"]
+    passes = comparison is not None and comparison["delta"] >= second["min_delta"] and comparison["ci_low"] > 0
+    assert second["promoted"] == passes
+    champion_after = client.get_registered_model("segpipe-synthetic").aliases.get("champion")
+    assert str(champion_after) == (second_challenger if passes else str(champion_before))
 
 
 def test_bad_mask_stops_pipeline_at_validate(project):
