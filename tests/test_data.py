@@ -95,3 +95,15 @@ def test_loader_drop_last_skips_partial_batch_but_never_everything():
     arrays = _aligned_arrays(count=10)
     assert [len(m) for _, m in BatchLoader(arrays, 4, torch.device("cpu"), drop_last=True)] == [4, 4]
     assert [len(m) for _, m in BatchLoader(arrays, 16, torch.device("cpu"), drop_last=True)] == [10]
+
+
+def test_loader_batches_are_contiguous_nchw(prepared):
+    """A permuted NHWC view would reach the model in channels_last memory (a different, slower path on CPU)."""
+    import torch
+
+    from segpipe.data.cache import load_split
+    from segpipe.data.loader import BatchLoader
+
+    loader = BatchLoader(load_split(prepared, "train"), 2, torch.device("cpu"), shuffle=True, hflip=True, vflip=True)
+    images, masks = next(iter(loader))
+    assert images.is_contiguous() and masks.is_contiguous()

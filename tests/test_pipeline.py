@@ -152,7 +152,7 @@ def test_registry_holds_the_best_model_under_challenger(project, mlflow_server):
     client = mlflow.MlflowClient()
     version = client.get_model_version_by_alias("segpipe-synthetic", "challenger")
     assert str(version.version) == record["version"]
-    assert "test_miou" in version.description
+    assert "test_miou" in version.description and "data hash `dvc:" in version.description and "| lr |" in version.description
     model = mlflow.pytorch.load_model("models:/segpipe-synthetic@challenger")  # artifacts served over HTTP
     import torch
 

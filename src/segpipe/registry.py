@@ -31,12 +31,14 @@ def registered_model_name(dataset: str) -> str:
     return f"segpipe-{dataset}"
 
 
-def model_card(record: dict[str, Any], metric: str) -> str:
-    """A version description: what was trained, on what, and how it scored."""
+def model_card(record: dict[str, Any], metric: str, run_params: dict[str, str] | None = None,
+               data_hash: str | None = None) -> str:
+    """A version description: what was trained, on which data, how, and how it scored."""
     per_class = record.get("test_per_class_iou") or {}
     lines = [
-        f"**{record['architecture']}** ({record['family']}) trained on `{record['dataset']}`, "
-        f"best epoch {record['best_epoch']}, device {record['device']}. Selected by `{metric}`.",
+        f"**{record['architecture']}** ({record['family']}) trained on `{record['dataset']}` "
+        f"(data hash `{data_hash or 'unknown'}`), best epoch {record['best_epoch']}, device {record['device']}. "
+        f"Selected by `{metric}`.",
         "",
         "| metric | value |",
         "|---|---:|",
@@ -48,6 +50,9 @@ def model_card(record: dict[str, Any], metric: str) -> str:
         "|---|---:|",
         *(f"| {name} | {'n/a' if value is None else f'{value:.4f}'} |" for name, value in per_class.items()),
     ]
+    if run_params:
+        lines += ["", "| training param | value |", "|---|---|",
+                  *(f"| {key} | {value} |" for key, value in sorted(run_params.items()))]
     return "\n".join(lines)
 
 
@@ -59,12 +64,14 @@ def register_version(
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     name = registered_model_name(dataset)
+    run = client.get_run(record["run_id"])
     version = mlflow.register_model(
         record["model_uri"], name,
         tags={"architecture": record["architecture"], "dataset": dataset, metric: f"{record[metric]:.6f}",
-              "device": str(record.get("device", "unknown"))},
+              "device": str(record.get("device", "unknown")), "data_hash": run.data.tags.get("data_hash", "unknown")},
     )
-    client.update_model_version(name, version.version, description=model_card(record, metric))
+    description = model_card(record, metric, run.data.params, run.data.tags.get("data_hash"))
+    client.update_model_version(name, version.version, description=description)
     client.set_registered_model_alias(name, alias, version.version)
     return RegisteredVersion(name, str(version.version), alias, record["architecture"], record["run_id"],
                              record["model_uri"], metric, float(record[metric]), uri)

@@ -39,7 +39,9 @@ class BatchLoader:
         self.augmenter = augmenter
         self._host_images = np.array(arrays.images)  # copy out of the mmap
         self._host_masks = np.array(arrays.masks)
-        self.images = torch.from_numpy(self._host_images).to(device).permute(0, 3, 1, 2)
+        # NCHW-contiguous once, so batches have the layout a plain tensor would (the permuted NHWC view is
+        # channels_last in memory, which made some models up to 20 % slower per step on the CPU).
+        self.images = torch.from_numpy(self._host_images).to(device).permute(0, 3, 1, 2).contiguous()
         self.masks = torch.from_numpy(self._host_masks).to(device)
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -83,7 +85,7 @@ class BatchLoader:
 
     def _augmented(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = [self.augmenter(self._host_images[i], self._host_masks[i]) for i in index.tolist()]
-        images = torch.from_numpy(np.stack([image for image, _ in pairs])).permute(0, 3, 1, 2)
+        images = torch.from_numpy(np.stack([image for image, _ in pairs])).permute(0, 3, 1, 2).contiguous()
         masks = torch.from_numpy(np.stack([mask for _, mask in pairs]))
         device = self.images.device
         return images.to(device, non_blocking=True).float().div_(255.0), masks.to(device, non_blocking=True).long()

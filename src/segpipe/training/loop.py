@@ -33,6 +33,9 @@ class EpochRecord:
     train_loss: float
     lr: float
     seconds: float
+    """The whole epoch: training steps and validation."""
+    train_seconds: float
+    """The training steps alone (data loading, forward, loss, backward, optimizer and schedule)."""
     validation: dict[str, float]
     """``val_loss`` and the task's validation metrics (``val_miou``, or ``val_psnr`` and ``val_ssim``)."""
 
@@ -85,9 +88,10 @@ def fit(
             optimizer.step()
             schedule.step()
             loss_sum += loss.detach()
-        train_loss = float(loss_sum) / len(train_loader)
+        train_loss = float(loss_sum) / len(train_loader)  # the epoch's one host sync
+        train_seconds = time.perf_counter() - epoch_start
         validation = task.validate(model, val_loader)
-        record = EpochRecord(epoch, train_loss, lr, time.perf_counter() - epoch_start, validation)
+        record = EpochRecord(epoch, train_loss, lr, time.perf_counter() - epoch_start, train_seconds, validation)
         result.history.append(record)
         tracker.log_metrics({"train_loss": train_loss, **validation, "lr": lr}, step=epoch)
         if settings.progress:
