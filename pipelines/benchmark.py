@@ -30,6 +30,7 @@ from segpipe.data.cache import SplitArrays
 from segpipe.data.loader import BatchLoader
 from segpipe.models import available_architectures, build_model, count_params_m
 from segpipe.models.profile import gflops_per_image
+from segpipe.stages.evaluate import inference_images_per_second
 from segpipe.tasks.segment import SegmentTask
 from segpipe.training.device import describe_device, resolve_device
 from segpipe.training.loop import LoopSettings, fit
@@ -111,20 +112,6 @@ def latency_ms(model: nn.Module, image: torch.Tensor, runs: int) -> tuple[float,
         sync(image.device)
         timings.append((time.perf_counter() - started) * 1000)
     return statistics.median(timings), float(np.percentile(timings, 95))
-
-
-@torch.inference_mode()
-def inference_images_per_second(model: nn.Module, images: torch.Tensor, runs: int) -> float:
-    model.eval()
-    model(images)
-    timings = []
-    for _ in range(runs):
-        sync(images.device)
-        started = time.perf_counter()
-        model(images)
-        sync(images.device)
-        timings.append(time.perf_counter() - started)
-    return len(images) / statistics.median(timings)
 
 
 def loader_images_per_second(arrays: SplitArrays, batch_size: int, device: torch.device, augment: AugmentParams) -> float:
