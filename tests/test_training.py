@@ -80,3 +80,29 @@ def test_image_size_must_suit_output_stride():
     check_image_size("fcn8s", 32, (128, 96))
     with pytest.raises(ValueError, match=r"prepare.image_size.*\[100, 128\].*\[96, 128\]"):
         check_image_size("fcn8s", 32, (100, 128))
+
+
+class _Exploit:
+    """Unpickling this would run code: what a checkpoint from the internet could carry."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > exploited.txt",))
+
+
+def test_checkpoint_with_code_in_its_pickle_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "model.pt"
+    torch.save({"meta": {}, "state_dict": {}, "payload": _Exploit()}, path)
+    with pytest.raises(ValueError, match=r"model.pt holds Python objects other than tensors"):
+        load_checkpoint(path)
+    assert not (tmp_path / "exploited.txt").exists()
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"meta": {}, "state_dict": {"w": torch.zeros(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"model.pt is not a readable checkpoint"):
+        load_checkpoint(path)

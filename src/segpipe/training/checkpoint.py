@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,15 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[nn.
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run the train stage for this architecture first")
-    payload = torch.load(path, map_location=device, weights_only=True)
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:  # weights_only refuses code objects, classes, reducers
+        raise ValueError(
+            f"{path} holds Python objects other than tensors and plain data, so it was not loaded "
+            f"({str(error).splitlines()[0][:200]}); use a checkpoint written by segpipe's train stage"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"{path} is not a readable checkpoint ({error}): re-run the train stage that wrote it") from None
     try:
         raw = payload["meta"]
         meta = CheckpointMeta(
