@@ -10,26 +10,13 @@ from PIL import Image
 from torch import nn
 
 from segpipe import io
+from segpipe.plotting import pyplot, save_png
 from segpipe.predict import class_palette
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(figure, target: Path) -> None:
-    io.write_with(target, lambda tmp: figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
-    _pyplot().close(figure)
 
 
 def confusion_matrix_png(matrix: np.ndarray, class_names: tuple[str, ...], target: Path, title: str) -> None:
     """Row-normalised confusion matrix (rows: truth, columns: prediction) with the fractions written in."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = matrix.sum(1, keepdims=True)
     normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=float), where=rows > 0)
     size = 1.0 + 0.6 * len(class_names)
@@ -44,11 +31,11 @@ def confusion_matrix_png(matrix: np.ndarray, class_names: tuple[str, ...], targe
                   color="white" if value > 0.5 else "black")
     figure.colorbar(shown, ax=axis, fraction=0.046)
     axis.set_title(title)
-    _save(figure, target)
+    save_png(figure, target)
 
 
 def per_class_iou_png(per_class: dict[str, float | None], target: Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     names = list(per_class)
     values = [per_class[name] or 0.0 for name in names]
     figure, axis = plt.subplots(figsize=(max(5, 0.8 * len(names)), 3.5))
@@ -59,7 +46,7 @@ def per_class_iou_png(per_class: dict[str, float | None], target: Path, title: s
     axis.set_ylabel("test IoU")
     axis.tick_params(axis="x", rotation=30)
     axis.set_title(title)
-    _save(figure, target)
+    save_png(figure, target)
 
 
 @torch.no_grad()

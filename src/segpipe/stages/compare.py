@@ -13,6 +13,7 @@ from segpipe.config import Params
 from segpipe.data.manifest import DatasetInfo, class_pixel_columns, read_manifest
 from segpipe.metrics import constant_prediction_confusion, metrics_from_confusion
 from segpipe.paths import ProjectPaths
+from segpipe.plotting import pyplot, save_png
 
 if TYPE_CHECKING:
     from segpipe.tasks import TaskName
@@ -53,12 +54,14 @@ def leaderboard_frame(records: list[dict[str, object]], metric: str) -> pd.DataF
     return frame
 
 
+def _number(value: object, digits: int) -> str:
+    """A table cell: ``value`` with ``digits`` decimals, empty where missing."""
+    return "" if pd.isna(value) else f"{float(value):.{digits}f}"
+
+
 def leaderboard_markdown(
     frame: pd.DataFrame, records: list[dict[str, object]], class_names: tuple[str, ...], dataset: str, metric: str
 ) -> str:
-    def number(value: object, digits: int) -> str:
-        return "" if pd.isna(value) else f"{float(value):.{digits}f}"
-
     lines = [
         f"# Leaderboard: {dataset} (test split, sorted by {metric})",
         "",
@@ -67,10 +70,10 @@ def leaderboard_markdown(
     ]
     for row in frame.itertuples(index=False):
         lines.append(
-            f"| {row.rank} | {row.architecture} | {FAMILY_LABELS[row.family]} | {number(row.test_miou, 4)} | "
-            f"{number(row.test_dice, 4)} | {number(row.test_pixel_acc, 4)} | {number(row.test_mean_class_acc, 4)} | "
-            f"{number(row.params_m, 2)} | {number(row.gflops, 3)} | {number(row.infer_img_per_s, 1)} | "
-            f"{number(row.train_seconds, 0)} |"
+            f"| {row.rank} | {row.architecture} | {FAMILY_LABELS[row.family]} | {_number(row.test_miou, 4)} | "
+            f"{_number(row.test_dice, 4)} | {_number(row.test_pixel_acc, 4)} | {_number(row.test_mean_class_acc, 4)} | "
+            f"{_number(row.params_m, 2)} | {_number(row.gflops, 3)} | {_number(row.infer_img_per_s, 1)} | "
+            f"{_number(row.train_seconds, 0)} |"
         )
     lines += ["", f"`{REFERENCE}` predicts the most frequent training class everywhere: any useful model must beat it by far.",
               "", "## Per-class IoU (test split)", "",
@@ -78,7 +81,7 @@ def leaderboard_markdown(
     by_name = {record["architecture"]: record for record in records}
     for name in frame["architecture"]:
         per_class = by_name[name]["test_per_class_iou"]
-        lines.append(f"| {name} | " + " | ".join(number(per_class.get(c), 3) for c in class_names) + " |")
+        lines.append(f"| {name} | " + " | ".join(_number(per_class.get(c), 3) for c in class_names) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -100,9 +103,6 @@ def denoise_frame(records: list[dict[str, object]]) -> pd.DataFrame:
 
 
 def denoise_markdown(frame: pd.DataFrame) -> str:
-    def number(value: object, digits: int) -> str:
-        return "" if pd.isna(value) else f"{float(value):.{digits}f}"
-
     lines = [
         f"## Denoising (task: denoise; test split corrupted with {frame['corruption'].iloc[0]}, sorted by PSNR)",
         "",
@@ -111,28 +111,17 @@ def denoise_markdown(frame: pd.DataFrame) -> str:
     ]
     for row in frame.itertuples(index=False):
         lines.append(
-            f"| {row.rank} | {row.architecture} | {FAMILY_LABELS[row.family]} | {number(row.test_psnr, 2)} | "
-            f"{number(row.test_ssim, 4)} | {number(row.params_m, 2)} | {number(row.gflops, 3)} | "
-            f"{number(row.infer_img_per_s, 1)} | {number(row.train_seconds, 0)} |"
+            f"| {row.rank} | {row.architecture} | {FAMILY_LABELS[row.family]} | {_number(row.test_psnr, 2)} | "
+            f"{_number(row.test_ssim, 4)} | {_number(row.params_m, 2)} | {_number(row.gflops, 3)} | "
+            f"{_number(row.infer_img_per_s, 1)} | {_number(row.train_seconds, 0)} |"
         )
     lines += ["", f"`{DENOISE_REFERENCE}` scores the corrupted test images themselves: a denoiser must beat it. "
               "Examples (corrupted | output | clean): `reports/plots/denoise/<model>.png`."]
     return "\n".join(lines) + "\n"
 
 
-def _save_figure(figure: object, target: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    io.write_with(target, lambda tmp: figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
-    plt.close(figure)
-
-
 def plot_leaderboard(frame: pd.DataFrame, metric: str, target: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     colours = {"seed": "tab:blue", "baseline": "tab:orange", "reference": "tab:gray"}
     ordered = frame.iloc[::-1]
     figure, axis = plt.subplots(figsize=(7, 0.5 * len(frame) + 1.2))
@@ -142,15 +131,11 @@ def plot_leaderboard(frame: pd.DataFrame, metric: str, target: Path) -> None:
     axis.set_xlim(0, 1.08)
     axis.set_xlabel(metric)
     axis.set_title("segpipe leaderboard (blue: seed architectures, orange: smp baselines, grey: reference)", fontsize=9)
-    _save_figure(figure, target)
+    save_png(figure, target)
 
 
 def plot_per_class_iou(records: list[dict[str, object]], class_names: tuple[str, ...], target: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     width = 0.8 / len(records)
     positions = np.arange(len(class_names))
     figure, axis = plt.subplots(figsize=(max(7, 1.2 * len(class_names)), 4))
@@ -162,7 +147,7 @@ def plot_per_class_iou(records: list[dict[str, object]], class_names: tuple[str,
     axis.set_ylim(0, 1)
     axis.legend(fontsize=8)
     axis.set_title("Per-class IoU on the test split")
-    _save_figure(figure, target)
+    save_png(figure, target)
 
 
 def run_compare(params: Params, paths: ProjectPaths) -> pd.DataFrame:
