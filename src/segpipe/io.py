@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -12,24 +13,56 @@ from pathlib import Path
 from typing import Any
 
 
+class OutputWriteError(ValueError):
+    """An output could not be written (disk full, read-only file system, no permission)."""
+
+
+_FIXES = {
+    errno.ENOSPC: "free disk space (or point the project at a larger disk) and re-run",
+    errno.EDQUOT: "free space within your disk quota and re-run",
+    errno.EFBIG: "raise the file-size limit (ulimit -f) or free space, and re-run",
+    errno.EROFS: "the file system is read-only: run the project from a writable folder",
+    errno.EACCES: "make the folder writable for this user (chmod / chown) and re-run",
+    errno.EPERM: "make the folder writable for this user (chmod / chown) and re-run",
+}
+
+
+@contextmanager
+def _explained(target: Path) -> Iterator[None]:
+    """Turn disk-full / read-only / permission errors into one message naming the file and the fix."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in _FIXES:
+            raise
+        raise OutputWriteError(
+            f"{target}: cannot be written ({error.strerror}); {_FIXES[error.errno]}. "
+            f"Nothing was half-written: the previous {target.name}, if any, is unchanged"
+        ) from None
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; move it onto ``target`` only if the block succeeds."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    with _explained(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        os.replace(tmp, target)
+        with _explained(target):
+            yield tmp
+            os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def write_bytes(target: Path, data: bytes) -> None:
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
+    with atomic_path(target) as tmp, open(tmp, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())  # on disk before the rename publishes it
 
 
 def write_text(target: Path, text: str) -> None:

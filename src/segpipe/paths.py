@@ -64,6 +64,10 @@ class ProjectPaths:
     def checkpoint(self, architecture: str, task: TaskName = "segment") -> Path:
         return self.model_dir(architecture, task) / "model.pt"
 
+    def training_states(self, architecture: str, task: TaskName = "segment") -> Path:
+        """Resumable training states of an unfinished run (outside DVC's outputs, which a re-run deletes)."""
+        return self.root / ".segpipe" / "resume" / task / architecture
+
     def run_record(self, architecture: str, task: TaskName = "segment") -> Path:
         return self.model_dir(architecture, task) / "run.json"
 

@@ -37,9 +37,10 @@ class SampleAugmenter:
         self.seed = seed
         self.pipeline = A.Compose(transforms, seed=seed)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Reseed so that every epoch's augmentations are reproducible on their own."""
-        self.pipeline.set_random_seed(self.seed + epoch)
+    def set_epoch(self, epoch: int, batch: int = 0) -> None:
+        """Reseed so that every epoch's (and batch's) augmentations are reproducible on their own,
+        which lets an interrupted epoch resume at any batch with the same augmentations."""
+        self.pipeline.set_random_seed(self.seed + epoch * 1_000_003 + batch)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = self.pipeline(image=np.ascontiguousarray(image), mask=np.ascontiguousarray(mask))

@@ -62,17 +62,21 @@ class BatchLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        if self.augmenter is not None:
-            self.augmenter.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches()
+
+    def batches(self, first: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches from batch ``first`` on: exactly the ones a full pass yields from there
+        (order, flips and augmentations depend only on the seed, the epoch and the batch index)."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         count = self.num_samples
         order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
         flips = torch.rand(count, 2, generator=generator)
-        for start in range(0, self.num_batches * self.batch_size, self.batch_size):
-            index = order[start : start + self.batch_size]
+        for batch in range(first, self.num_batches):
+            index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
             if self.augmenter is not None:
+                self.augmenter.set_epoch(self.epoch, batch)
                 yield self._augmented(index)
                 continue
             images = self.images[index.to(self.images.device)]
@@ -88,6 +92,8 @@ class BatchLoader:
         images = torch.from_numpy(np.stack([image for image, _ in pairs])).permute(0, 3, 1, 2).contiguous()
         masks = torch.from_numpy(np.stack([mask for _, mask in pairs]))
         device = self.images.device
+        if device.type == "cuda":  # page-locked, so the copies below overlap with the GPU's work
+            images, masks = images.pin_memory(), masks.pin_memory()
         return images.to(device, non_blocking=True).float().div_(255.0), masks.to(device, non_blocking=True).long()
 
 

@@ -22,8 +22,16 @@ from segpipe.tasks import Task, TaskName
 from segpipe.tasks.denoise import Corruption, DenoiseTask
 from segpipe.tasks.segment import SegmentTask
 from segpipe.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from segpipe.training.device import describe_device, resolve_device, seed_everything
+from segpipe.training.device import (
+    configure_backends,
+    describe_device,
+    resolve_channels_last,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
 from segpipe.training.loop import EpochRecord, LoopSettings, TrainResult, fit
+from segpipe.training.state import StateStore
 from segpipe.training.tracker import NullTracker, Tracker
 from segpipe.validation import require_passed
 
@@ -42,14 +50,18 @@ def check_image_size(architecture: str, output_stride: int, image_size: tuple[in
 
 
 @contextlib.contextmanager
-def _tracking(params: Params, dataset: str, run_label: str, tags: dict[str, str], config_digest: str) -> Iterator[Tracker]:
-    """An MLflow run nested under this pipeline execution's parent run (a no-op tracker when tracking is off)."""
+def _tracking(
+    params: Params, dataset: str, run_label: str, tags: dict[str, str], config_digest: str, resume_run_id: str | None
+) -> Iterator[Tracker]:
+    """An MLflow run nested under this pipeline execution's parent run, or the interrupted run being resumed
+    (a no-op tracker when tracking is off)."""
     if not params.tracking.enabled:
         yield NullTracker()
         return
     from segpipe.tracking.mlflow_tracking import pipeline_key, start_run  # MLflow only where tracking is on
 
-    with start_run(params.tracking, dataset, run_label, tags, pipeline=pipeline_key(config_digest)) as tracker:
+    with start_run(params.tracking, dataset, run_label, tags, pipeline=pipeline_key(config_digest),
+                   resume_run_id=resume_run_id) as tracker:
         yield tracker
 
 
@@ -84,6 +96,7 @@ def run_train(
     settings = params.train
     seed_everything(settings.seed)
     device = resolve_device(settings.device)
+    configure_backends(device, settings.deterministic)
     options = settings.model_options(architecture)
     if task == "segment":
         model: nn.Module = build_model(architecture, info.num_classes, options=options)
@@ -124,7 +137,11 @@ def run_train(
                        "loss": params.denoise.loss}
     label = run_name(architecture, task)
     config_digest = hashlib.sha256(f"{data_hash}:{params.model_dump_json()}".encode()).hexdigest()
-    with _tracking(params, info.name, label, tags, config_digest) as tracker:
+    states = StateStore(paths.training_states(architecture, task), f"{config_digest}:{architecture}:{task}")
+    if settings.resume == "never":
+        states.clear()
+    resume = states.latest()
+    with _tracking(params, info.name, label, tags, config_digest, resume.run_id if resume else None) as tracker:
         tracker.log_params({
             "arch": architecture, "family": family, "task": task, "dataset": info.name, "epochs": epochs,
             "upsample": options.get("upsample", "n/a"),
@@ -133,8 +150,13 @@ def run_train(
             "params_m": round(count_params_m(model), 4), **task_params,
             **{f"model.{key}": value for key, value in options.items()},
         })
-        loop = LoopSettings(epochs, settings.lr, settings.weight_decay, progress=progress, label=label)
-        result = fit(model, train_loader, val_loader, objective, loop, tracker, on_best)
+        loop = LoopSettings(
+            epochs, settings.lr, settings.weight_decay, progress=progress, label=label,
+            precision=resolve_precision(settings.precision, device),
+            channels_last=resolve_channels_last(settings.memory_format, device),
+            compile=settings.compile, checkpoint_every_steps=settings.checkpoint_every_steps,
+        )
+        result = fit(model, train_loader, val_loader, objective, loop, tracker, on_best, states, resume)
         tracker.log_metrics({f"best_{result.monitor}": result.best_score, "best_epoch": result.best_epoch,
                              "train_seconds": result.seconds})
         best_model, _ = load_checkpoint(checkpoint_path, device)
@@ -149,4 +171,5 @@ def run_train(
         "epochs": [dataclasses.asdict(r) for r in result.history],
     })
     io.write_json(paths.run_record(architecture, task), record)
+    states.clear()  # finished: nothing left to resume
     return result

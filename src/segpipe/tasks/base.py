@@ -30,3 +30,9 @@ class Task(Protocol):
     def validate(self, model: nn.Module, loader: BatchLoader) -> dict[str, float]:
         """``val_loss``, ``monitor`` and any other validation metrics over a whole split."""
         ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The task's random state (e.g. its corruption generator), saved with resumable training states."""
+        ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...

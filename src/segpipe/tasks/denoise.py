@@ -85,3 +85,9 @@ class DenoiseTask:
     def validate(self, model: nn.Module, loader: BatchLoader) -> dict[str, float]:
         scores = reconstruction_scores(model, loader, self.corruption, self.loss_kind)
         return {f"val_{key}": value for key, value in scores.items()}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])

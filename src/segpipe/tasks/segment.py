@@ -52,3 +52,9 @@ class SegmentTask:
     def validate(self, model: nn.Module, loader: BatchLoader) -> dict[str, float]:
         loss, matrix = evaluate_split(model, loader, self.num_classes, self.ignore_index)
         return {"val_loss": loss, "val_miou": metrics_from_confusion(matrix).miou}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}  # no random state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        return None

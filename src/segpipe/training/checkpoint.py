@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from io import BytesIO
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,9 @@ class CheckpointMeta:
 
 def save_checkpoint(path: Path, model: nn.Module, meta: CheckpointMeta) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"meta": asdict(meta), "state_dict": state}
-    io.write_with(path, lambda tmp: torch.save(payload, tmp))
+    buffer = BytesIO()  # serialised first, so a full disk shows as an OSError of the write, not a torch error
+    torch.save({"meta": asdict(meta), "state_dict": state}, buffer)
+    io.write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, CheckpointMeta]:

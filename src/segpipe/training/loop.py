@@ -4,6 +4,8 @@ Losses stay on the device and are read once per epoch."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -15,6 +17,8 @@ from tqdm import tqdm
 
 from segpipe.data.loader import BatchLoader
 from segpipe.tasks import Task
+from segpipe.training.device import Precision
+from segpipe.training.state import SavedState, StateStore, capture_rng, restore_rng
 from segpipe.training.tracker import Tracker
 
 
@@ -25,6 +29,18 @@ class LoopSettings:
     weight_decay: float
     progress: bool = True
     label: str = "train"
+    precision: Precision = "fp32"
+    """``bf16``: forward and loss under ``torch.autocast`` (bfloat16), weights and optimizer in fp32."""
+    channels_last: bool = False
+    """Model weights and inputs in channels_last memory format (faster convolutions on GPUs)."""
+    compile: bool = False
+    """Train through ``torch.compile(model)``; checkpoints hold the plain model's weights."""
+    checkpoint_every_steps: int = 0
+    """With a state store: also save the training state every N steps (0: each epoch's end only)."""
+
+
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or infinite."""
 
 
 @dataclass(frozen=True)
@@ -57,40 +73,119 @@ def fit(
     settings: LoopSettings,
     tracker: Tracker,
     on_best: Callable[[nn.Module, EpochRecord], None],
+    states: StateStore | None = None,
+    resume: SavedState | None = None,
 ) -> TrainResult:
-    """Train for ``settings.epochs``; call ``on_best`` whenever the task's monitored metric improves."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    total_steps = settings.epochs * len(train_loader)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    )
+    """Train for ``settings.epochs``; call ``on_best`` whenever the task's monitored metric improves.
+
+    With ``states``, the training state is saved at each epoch's end (and every
+    ``settings.checkpoint_every_steps`` steps); with ``resume`` (from ``states.latest()``), training
+    continues exactly where that state left off. A NaN/Inf loss raises :class:`TrainingDiverged` at the next save or epoch end,
+    before anything from the diverged steps is saved.
+    """
     device = train_loader.images.device
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if settings.compile else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
+                                  fused=device.type == "cuda")
+    steps_per_epoch = len(train_loader)
+    total_steps = settings.epochs * steps_per_epoch
+
+    def cosine(step: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+    autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16")
     result = TrainResult(task.monitor)
+    first_epoch, first_batch = 1, 0
+    loss_sum = torch.zeros((), device=device)
+    if resume is not None:
+        state = resume.payload
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["scheduler"])
+        task.load_state_dict(state["task"])
+        restore_rng(state["rng"])
+        first_epoch, first_batch = state["epoch"], state["batch"]
+        loss_sum = state["loss_sum"].to(device)
+        result.best_epoch, result.best_score, result.seconds = state["best_epoch"], state["best_score"], state["seconds"]
+        result.history = [EpochRecord(**record) for record in state["history"]]
+        tqdm.write(f"{settings.label}: resuming from {resume.path} (epoch {first_epoch}, batch {first_batch}/{steps_per_epoch})")
+    steps_done = torch.zeros((), dtype=torch.int64, device=device)
+    first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
     started = time.perf_counter()
-    for epoch in range(1, settings.epochs + 1):
+
+    def global_step(epoch: int, batch: int) -> int:
+        return (epoch - 1) * steps_per_epoch + batch
+
+    def check_finite(epoch: int, batch_done: int, loss_total: torch.Tensor) -> float:
+        """One host sync: the loss total so far, or :class:`TrainingDiverged` naming the first bad step."""
+        total, bad = torch.stack([loss_total, first_bad_step.to(loss_total.dtype)]).tolist()
+        if bad >= 0:
+            bad_step = global_step(epoch, first_batch_of_epoch) + int(bad)
+            bad_epoch, bad_batch = divmod(bad_step - 1, steps_per_epoch)
+            kept = f"; the last good training state is in {states.folder}" if states is not None else ""
+            raise TrainingDiverged(
+                f"{settings.label}: the training loss became NaN/Inf at epoch {bad_epoch + 1}, step {bad_step} "
+                f"(batch {bad_batch + 1} of {steps_per_epoch}){kept}. Lower train.lr, check the data for "
+                f"broken samples, or use train.precision: fp32"
+            )
+        return total
+
+    def save_state(epoch: int, batch: int, loss_total: torch.Tensor) -> None:
+        if states is None:
+            return
+        states.save(global_step(epoch, batch), {
+            "epoch": epoch, "batch": batch, "loss_sum": loss_total.detach().cpu(),
+            "best_epoch": result.best_epoch, "best_score": result.best_score,
+            "seconds": result.seconds + time.perf_counter() - started,
+            "history": [dataclasses.asdict(record) for record in result.history],
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
+            "task": task.state_dict(), "rng": capture_rng(), "run_id": tracker.run_id,
+        })
+
+    for epoch in range(first_epoch, settings.epochs + 1):
         epoch_start = time.perf_counter()
+        first_batch_of_epoch = first_batch if epoch == first_epoch else 0
+        if epoch != first_epoch:
+            loss_sum = torch.zeros((), device=device)
+        steps_done.zero_()
         model.train()
         train_loader.set_epoch(epoch)
-        loss_sum = torch.zeros((), device=device)
-        lr = optimizer.param_groups[0]["lr"]
+        lr = settings.lr * cosine(global_step(epoch, 0))  # the epoch's starting rate, also when resumed mid-epoch
         bar = tqdm(
-            train_loader,
+            train_loader.batches(first_batch_of_epoch),
             desc=f"{settings.label} epoch {epoch}/{settings.epochs}",
             disable=None if settings.progress else True,  # None: only on a terminal, not in CI logs
             leave=False,
             unit="batch",
+            initial=first_batch_of_epoch,
+            total=steps_per_epoch,
         )
-        for images, masks in bar:
+        for batch, (images, masks) in enumerate(bar, start=first_batch_of_epoch + 1):
             inputs, targets = task.inputs_and_targets(images, masks)
+            if settings.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)
-            loss = task.loss(model(inputs), targets)
+            with autocast():
+                loss = task.loss(forward(inputs), targets)
             loss.backward()
             optimizer.step()
             schedule.step()
-            loss_sum += loss.detach()
-        train_loss = float(loss_sum) / len(train_loader)  # the epoch's one host sync
+            loss = loss.detach()
+            loss_sum += loss
+            steps_done += 1
+            first_bad_step.copy_(torch.where(~torch.isfinite(loss) & (first_bad_step < 0), steps_done, first_bad_step))
+            every = settings.checkpoint_every_steps
+            if states is not None and every and global_step(epoch, batch) % every == 0 and batch < steps_per_epoch:
+                check_finite(epoch, batch, loss_sum)
+                save_state(epoch, batch, loss_sum)
+        train_loss = check_finite(epoch, steps_per_epoch, loss_sum) / steps_per_epoch  # the epoch's one host sync
         train_seconds = time.perf_counter() - epoch_start
-        validation = task.validate(model, val_loader)
+        with autocast():
+            validation = task.validate(model, val_loader)
         record = EpochRecord(epoch, train_loss, lr, time.perf_counter() - epoch_start, train_seconds, validation)
         result.history.append(record)
         tracker.log_metrics({"train_loss": train_loss, **validation, "lr": lr}, step=epoch)
@@ -102,5 +197,6 @@ def fit(
         if score > result.best_score:
             result.best_epoch, result.best_score = epoch, score
             on_best(model, record)
-    result.seconds = time.perf_counter() - started
+        save_state(epoch + 1, 0, torch.zeros(()))  # after the best checkpoint, so a resume never skips one
+    result.seconds += time.perf_counter() - started
     return result

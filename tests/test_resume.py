@@ -1,0 +1,167 @@
+"""Interrupted training resumes exactly: state files with checksums, in-process resume, and a real SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import yaml
+
+from segpipe.data.loader import BatchLoader
+from segpipe.models import build_model
+from segpipe.tasks.segment import SegmentTask
+from segpipe.training.loop import LoopSettings, fit
+from segpipe.training.state import StateStore
+from test_training import RecordingTracker, easy_split
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_fit(store: StateStore | None, resume=None, every: int = 0):
+    torch.manual_seed(0)
+    model = build_model("unet", 2, options={"depth": 2, "base_channels": 4})
+    device = torch.device("cpu")
+    train = BatchLoader(easy_split(24, 0), 4, device, shuffle=True, hflip=True, vflip=True, seed=3, drop_last=True)
+    val = BatchLoader(easy_split(8, 1), 8, device)
+    tracker = RecordingTracker()
+    settings = LoopSettings(3, 5e-3, 1e-4, progress=False, checkpoint_every_steps=every)
+    result = fit(model, train, val, SegmentTask(2, 255), settings, tracker, lambda *_: None, store, resume)
+    return model, result, tracker
+
+
+def test_state_store_skips_a_corrupt_state_and_states_of_other_settings(tmp_path, capfd):
+    store = StateStore(tmp_path, "digest-a", keep=2)
+    store.save(1, {"value": torch.tensor([1.0])})
+    newest = store.save(2, {"value": torch.tensor([2.0])})
+    store.save(3, {"value": torch.tensor([3.0])})
+    assert not (tmp_path / "state-00000001.pt").exists()  # only the newest two are kept
+    assert torch.equal(store.latest().payload["value"], torch.tensor([3.0]))
+
+    latest = tmp_path / "state-00000003.pt"
+    latest.write_bytes(latest.read_bytes()[:-10])  # cut short
+    found = store.latest()
+    assert found.path == newest and torch.equal(found.payload["value"], torch.tensor([2.0]))
+    assert "checksum does not match" in capfd.readouterr().err
+
+    assert StateStore(tmp_path, "digest-b").latest() is None
+    assert "different settings" in capfd.readouterr().err
+    store.clear()
+    assert not tmp_path.exists()
+
+
+def test_fit_resumed_from_a_mid_epoch_state_ends_with_identical_weights(tmp_path):
+    reference, reference_result, _ = small_fit(None)
+
+    store = StateStore(tmp_path / "states", "digest", keep=50)
+    small_fit(store, every=4)
+    states = sorted((tmp_path / "states").glob("state-*.pt"))
+    mid_epoch = [p for p in states if torch.load(p, weights_only=True)["batch"] not in (0,)]
+    assert mid_epoch, "no mid-epoch state was written"
+    chosen = mid_epoch[len(mid_epoch) // 2]  # somewhere inside epoch 2
+    for later in states:
+        if later.name > chosen.name:
+            later.unlink()
+    resume = store.latest()
+    assert resume.path == chosen and resume.payload["epoch"] == 2
+
+    resumed, resumed_result, tracker = small_fit(store, resume)
+    for key, value in reference.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert [step for step, _ in tracker.metrics] == [2, 3]  # epoch 1 was logged before the interruption
+    assert [r.validation for r in resumed_result.history] == [r.validation for r in reference_result.history]
+    assert [r.train_loss for r in resumed_result.history] == [r.train_loss for r in reference_result.history]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The real thing: the train stage killed with SIGKILL in the middle of an epoch, then run again.
+
+def make_project(path: Path) -> Path:
+    from segpipe.config import parse_params
+    from segpipe.data.prepare import prepare_dataset
+    from segpipe.validation import validate_prepared
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["prepare"].update(image_size=[64, 64], splits={"train": 96, "val": 8, "test": 8})
+    params["train"].update(architectures=["unet"], epochs=3, batch_size=4, deterministic=True,
+                           checkpoint_every_steps=3, augment={"hflip": True, "vflip": True})
+    params["train"]["models"] = {"unet": {"depth": 2, "base_channels": 8}}
+    params["tracking"] = {"enabled": True, "uri": "sqlite:///mlflow.db"}
+    path.mkdir()
+    (path / "params.yaml").write_text(yaml.safe_dump(params))
+    prepared = path / "data" / "prepared"
+    prepare_dataset(parse_params(params).prepare, prepared)
+    validate_prepared(prepared, path / "reports" / "validation" / "summary.json")
+    return path
+
+
+def train_command(project: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "pipelines" / "train.py"), "--root", str(project),
+            "--params", str(project / "params.yaml"), "--architecture", "unet"]
+
+
+def stage_env() -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SEGPIPE_PIPELINE_RUN": "resume-test"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def newest_state(states: Path) -> dict | None:
+    files = sorted(states.glob("state-*.pt"))
+    return torch.load(files[-1], weights_only=True) if files else None
+
+
+@pytest.mark.slow
+def test_train_stage_killed_mid_epoch_resumes_to_the_same_weights_and_the_same_run(tmp_path):
+    uninterrupted = make_project(tmp_path / "uninterrupted")
+    subprocess.run(train_command(uninterrupted), cwd=uninterrupted, env=stage_env(), check=True,
+                   capture_output=True, timeout=600)
+
+    killed = make_project(tmp_path / "killed")
+    states = killed / ".segpipe" / "resume" / "segment" / "unet"
+    process = subprocess.Popen(train_command(killed), cwd=killed, env=stage_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        state = newest_state(states) if list(states.glob("state-*.pt.sha256")) else None
+        if state is not None and state["epoch"] == 2 and state["batch"] >= 6:
+            break
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "the stage finished before it could be killed"
+    interrupted_at = newest_state(states)
+    assert interrupted_at["epoch"] == 2 and 0 < interrupted_at["batch"] < 24  # mid-epoch
+    assert not (killed / "models" / "unet" / "history.json").exists()
+
+    resumed = subprocess.run(train_command(killed), cwd=killed, env=stage_env(), capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout + resumed.stderr
+    assert not states.exists()  # a finished run leaves no state behind
+
+    expected = torch.load(uninterrupted / "models" / "unet" / "model.pt", weights_only=True)
+    actual = torch.load(killed / "models" / "unet" / "model.pt", weights_only=True)
+    assert actual["meta"]["epoch"] == expected["meta"]["epoch"]
+    for key, value in expected["state_dict"].items():
+        assert torch.equal(value, actual["state_dict"][key]), key
+    history = [json.loads((p / "models" / "unet" / "history.json").read_text()) for p in (uninterrupted, killed)]
+    for before, after in zip(history[0]["epochs"], history[1]["epochs"]):
+        assert (before["train_loss"], before["validation"]) == (after["train_loss"], after["validation"])
+
+    mlflow.set_tracking_uri(f"sqlite:///{killed / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["segpipe-synthetic"], filter_string="attributes.run_name = 'unet'",
+                              output_format="list")
+    assert len(runs) == 1, "the resumed stage started a second MLflow run"
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert json.loads((killed / "models" / "unet" / "run.json").read_text())["run_id"] == run.info.run_id
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_miou")]
+    assert sorted(set(steps)) == [1, 2, 3]
