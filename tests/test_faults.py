@@ -49,6 +49,8 @@ def diverging_fit(tmp_path: Path, tracker) -> StateStore:
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_state(tmp_path):
+    """The loss turns NaN at step 9: training stops with an error naming epoch 2, step 9 and the saved states;
+    no state from the diverged steps is saved, the last one holds finite weights."""
     with pytest.raises(TrainingDiverged, match=r"NaN/Inf at epoch 2, step 9 \(batch 3 of 6\)") as error:
         diverging_fit(tmp_path, RecordingTracker())
     assert str(tmp_path / "states") in str(error.value) and "train.lr" in str(error.value)
@@ -59,6 +61,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_state(tmp_path):
 
 
 def test_nan_loss_marks_the_mlflow_run_failed(tmp_path, monkeypatch):
+    """A diverged training marks its MLflow run FAILED, with the metrics of the good epochs kept."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tracking = TrackingParams(uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     with pytest.raises(TrainingDiverged), start_run(tracking, "faults", "unet", {}) as tracker:
@@ -69,6 +72,8 @@ def test_nan_loss_marks_the_mlflow_run_failed(tmp_path, monkeypatch):
 
 
 def test_write_errors_name_the_file_and_the_fix_and_keep_the_old_file(tmp_path, monkeypatch):
+    """A write failing with ENOSPC gives an error naming the file and the fix; the old file is unchanged and no
+    temporary file is left."""
     target = tmp_path / "reports" / "metrics.json"
     io.write_json(target, {"old": True})
 
@@ -98,6 +103,8 @@ def small_disk(tmp_path):
 
 
 def test_full_and_read_only_disks_give_clear_errors(small_disk):
+    """On a real full tmpfs and after remounting it read-only, writes fail with a clear error and the earlier
+    checkpoint stays byte-identical."""
     target = small_disk / "model.pt"
     io.write_bytes(target, b"earlier checkpoint")
     with pytest.raises(io.OutputWriteError, match="No space left on device.*free disk space"):
@@ -116,6 +123,8 @@ def _limit_file_size() -> None:
 
 @pytest.mark.slow
 def test_train_stage_on_a_size_limited_disk_fails_clearly_and_keeps_the_earlier_model(tmp_path):
+    """The train stage under a 64 KiB file-size limit (ulimit -f) exits 1 with a one-line error, no traceback,
+    and the previous model.pt is unchanged."""
     project = make_project(tmp_path / "project")
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["epochs"] = 1

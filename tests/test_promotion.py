@@ -139,6 +139,20 @@ def test_clearly_better_challenger_is_promoted_and_rollback_restores(registry):
         rollback(params, paths)
 
 
+def test_retried_promotion_and_rollback_change_nothing_the_second_time(registry):
+    """A promotion retried after it succeeded keeps one audit entry; a rollback retried with --from is a no-op."""
+    params, paths, weak, strong, client = registry
+    reset(client, challenger=strong, champion=weak)
+    assert promote(params, paths).promoted
+    again = promote(params, paths)
+    assert not again.promoted and "already is the champion" in again.reason
+    assert json.loads(client.get_registered_model(NAME).tags[HISTORY_TAG]) == [weak]
+    assert rollback(params, paths, replacing=strong)["champion_version"] == weak
+    retried = rollback(params, paths, replacing=strong)
+    assert retried["action"] == "already_rolled_back" and champion_version(client) == weak
+    assert json.loads(client.get_registered_model(NAME).tags[HISTORY_TAG]) == []
+
+
 def test_require_gpu_keeps_cpu_trained_models_out(registry):
     params, paths, weak, strong, client = registry
     reset(client, challenger=strong, champion=weak)

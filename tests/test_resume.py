@@ -38,6 +38,8 @@ def small_fit(store: StateStore | None, resume=None, every: int = 0):
 
 
 def test_state_store_skips_a_corrupt_state_and_states_of_other_settings(tmp_path, capfd):
+    """A training state cut short (checksum mismatch) is skipped with a warning and the previous one used;
+    states saved with other settings are never resumed."""
     store = StateStore(tmp_path, "digest-a", keep=2)
     store.save(1, {"value": torch.tensor([1.0])})
     newest = store.save(2, {"value": torch.tensor([2.0])})
@@ -58,6 +60,8 @@ def test_state_store_skips_a_corrupt_state_and_states_of_other_settings(tmp_path
 
 
 def test_fit_resumed_from_a_mid_epoch_state_ends_with_identical_weights(tmp_path):
+    """Training resumed from a state saved in the middle of epoch 2 ends with bit-identical weights, losses and
+    validation scores to an uninterrupted run."""
     reference, reference_result, _ = small_fit(None)
 
     store = StateStore(tmp_path / "states", "digest", keep=50)
@@ -120,6 +124,9 @@ def newest_state(states: Path) -> dict | None:
 
 @pytest.mark.slow
 def test_train_stage_killed_mid_epoch_resumes_to_the_same_weights_and_the_same_run(tmp_path):
+    """The train stage (a real process) is killed with SIGKILL in the middle of epoch 2 and run again: it resumes
+    and ends with exactly the weights and metrics of an uninterrupted run, in the same MLflow run (one run,
+    every epoch's metrics once)."""
     uninterrupted = make_project(tmp_path / "uninterrupted")
     subprocess.run(train_command(uninterrupted), cwd=uninterrupted, env=stage_env(), check=True,
                    capture_output=True, timeout=600)

@@ -1,8 +1,9 @@
 """The ``segpipe`` command: registry operations and prediction (the pipeline itself runs with ``dvc repro``).
 
     segpipe promote            # challenger -> champion if it passes the gates (params.yaml: promote)
-    segpipe rollback           # champion -> the previous champion
+    segpipe rollback [--from V] # champion -> the previous champion (--from: only while V is champion)
     segpipe models             # versions, aliases, metrics
+    segpipe sync               # send tracking buffered while the MLflow server was down
     segpipe predict IMAGE... --model models:/segpipe-synthetic@champion --out predictions/
 """
 
@@ -33,7 +34,11 @@ def _promote(args: argparse.Namespace) -> None:
 def _rollback(args: argparse.Namespace) -> None:
     from segpipe.promotion import rollback
 
-    record = rollback(load_params(args.params), ProjectPaths(args.root))
+    record = rollback(load_params(args.params), ProjectPaths(args.root), replacing=args.replacing)
+    if record["action"] == "already_rolled_back":
+        print(f"nothing to do: the champion of {record['model']} is version {record['champion_version']}, "
+              f"not {record['replaced_version']} (already rolled back)")
+        return
     print(f"champion of {record['model']} is version {record['champion_version']} again "
           f"(was {record['replaced_version']})")
 
@@ -68,6 +73,15 @@ def _predict(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} files to {args.out}")
 
 
+def _sync(args: argparse.Namespace) -> None:
+    from segpipe.tracking.mlflow_tracking import sync_spools
+
+    sent = sync_spools(load_params(args.params).tracking, args.spool_dir)
+    for spool, run_id in sent:
+        print(f"sent {spool.name} -> run {run_id}")
+    print(f"{len(sent)} buffered run(s) sent" if sent else "nothing to send: no buffered tracking left")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
@@ -76,11 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     promote = commands.add_parser("promote", help="move the champion alias to the challenger if it is better")
     promote.add_argument("--require-gpu", action="store_true", help="only a CUDA-trained model may become champion")
     promote.set_defaults(run=_promote)
-    commands.add_parser("rollback", help="restore the previous champion").set_defaults(run=_rollback)
+    rollback = commands.add_parser("rollback", help="restore the previous champion")
+    rollback.add_argument("--from", dest="replacing", metavar="VERSION",
+                          help="only while VERSION is the champion (a retried rollback then changes nothing)")
+    rollback.set_defaults(run=_rollback)
     models = commands.add_parser("models", help="list registered versions, aliases and metrics")
     models.add_argument("--dataset", help="dataset name (default: the prepared dataset's)")
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(run=_models)
+    sync = commands.add_parser("sync", help="send tracking buffered while the MLflow server was unreachable")
+    sync.add_argument("--spool-dir", type=Path, help="default: $SEGPIPE_TRACKING_SPOOL or .segpipe/tracking-spool")
+    sync.set_defaults(run=_sync)
     predict = commands.add_parser("predict", help="write class-id masks and colour overlays for images")
     predict.add_argument("images", nargs="+", type=Path)
     predict.add_argument("--model", required=True, help="models:/<name>@<alias>, models:/<name>/<version> or a model.pt")
@@ -95,9 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from mlflow.exceptions import MlflowException
 
+    from segpipe.tracking.mlflow_tracking import ServerUnreachable
+
     try:
         args.run(args)
-    except (*USER_ERRORS, MlflowException, TimeoutError) as error:
+    except (*USER_ERRORS, MlflowException, TimeoutError, ServerUnreachable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

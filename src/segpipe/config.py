@@ -7,6 +7,7 @@ value anywhere is reported, naming the key, before any stage does work.
 from __future__ import annotations
 
 import os
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -134,6 +135,9 @@ class AugmentParams(_Section):
     scale: tuple[float, float] | None = None
     """Random zoom range, e.g. [0.75, 1.25]: zooming in crops, zooming out pads (mask with ignore_index)."""
     color_jitter: ColorJitterParams | None = None
+    on_device: bool = False
+    """Run ``scale`` and ``color_jitter`` as batched tensor operations on the training device (GPU) instead
+    of albumentations per sample on the CPU; flips always run on the device."""
 
     @field_validator("scale")
     @classmethod
@@ -145,6 +149,11 @@ class AugmentParams(_Section):
     @property
     def needs_library(self) -> bool:
         """True when albumentations (CPU, per sample) must run instead of the on-device flips."""
+        return not self.on_device and self.needs_transforms
+
+    @property
+    def needs_transforms(self) -> bool:
+        """True when a zoom or colour jitter is asked for (beyond flips)."""
         return self.scale is not None or self.color_jitter is not None
 
 
@@ -177,6 +186,12 @@ class TrainParams(_Section):
     @classmethod
     def _known_architectures(cls, names: list[str]) -> list[str]:
         return _check_architecture_names(names)
+
+    @field_validator("models")
+    @classmethod
+    def _known_model_names(cls, models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        _check_architecture_names(list(models))
+        return models
 
     @model_validator(mode="after")
     def _valid_model_options(self) -> TrainParams:
@@ -271,15 +286,28 @@ class Params(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+_SHORT = reprlib.Repr()  # shows a bad value in an error message without pages of nested data
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxstring, _SHORT.maxother = 3, 6, 6, 60, 60
+
+
+def _key_part(part: str | int) -> str:
+    """A key as written, or quoted when it is empty, padded or holds unprintable characters (e.g. a newline)."""
+    plain = isinstance(part, int) or (part.isprintable() and part.strip() == part != "")
+    return str(part) if plain else repr(part)
+
+
 def _format_errors(error: ValidationError, source: Path) -> str:
+    """One line per bad key: ``  <dotted.key>: <problem> (got <value, shortened>)``; continuation lines indented."""
     lines = [f"{source}: {error.error_count()} invalid setting(s):"]
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<top level>"
+        key = ".".join(_key_part(part) for part in item["loc"]) or "<top level>"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key (check its spelling and section)"
-        shown = "" if item["type"] in ("extra_forbidden", "missing") else f" (got {item.get('input')!r})"
-        lines.append(f"  {key}: {message}{shown}")
+        value = item.get("input")
+        hidden = item["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) or "got " in message
+        shown = "" if hidden else f" (got {_SHORT.repr(value)})"
+        lines.append(f"  {key}: {message}{shown}".replace("\n", "\n    "))
     return "\n".join(lines)
 
 

@@ -209,7 +209,9 @@ def promote(params: Params, paths: ProjectPaths) -> PromotionDecision:
                       f"delta {comparison.delta:+.4f} (min_delta {settings.min_delta}), 95% CI "
                       f"[{comparison.ci_low:+.4f}, {comparison.ci_high:+.4f}] -> {verdict}")
         if promoted:
-            history = _history(client, name) + ([str(champion.version)] if champion is not None else [])
+            history = _history(client, name)
+            if champion is not None and history[-1:] != [str(champion.version)]:  # a retried promotion adds it once
+                history.append(str(champion.version))
             client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
             client.set_registered_model_alias(name, CHAMPION, challenger.version)
         decision = PromotionDecision(
@@ -224,21 +226,29 @@ def promote(params: Params, paths: ProjectPaths) -> PromotionDecision:
     return decision
 
 
-def rollback(params: Params, paths: ProjectPaths) -> dict[str, str]:
-    """Point ``champion`` back at the previous champion (the last one ``promote`` replaced)."""
+def rollback(params: Params, paths: ProjectPaths, replacing: str | None = None) -> dict[str, str]:
+    """Point ``champion`` back at the previous champion (the last one ``promote`` replaced).
+
+    With ``replacing`` (a version), only roll back while that version is the champion: retrying the same
+    rollback after it succeeded changes nothing (``action: already_rolled_back``).
+    """
     info = DatasetInfo.load(paths.prepared)
     name = registered_model_name(info.name)
     client = _client(params)
     with registry_lock(paths.registry_lock):
         history = _history(client, name)
+        current = _alias_or_none(client, name, CHAMPION)
+        current_version = None if current is None else str(current.version)
+        if replacing is not None and current_version != str(replacing):
+            return {"model": name, "action": "already_rolled_back", "champion_version": current_version,
+                    "replaced_version": str(replacing)}
         if not history:
             raise ValueError(f"{name} has no previous champion to roll back to")
-        current = _alias_or_none(client, name, CHAMPION)
         previous = history.pop()
         client.set_registered_model_alias(name, CHAMPION, previous)
         client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
         record = {"model": name, "action": "rollback", "champion_version": previous,
-                  "replaced_version": None if current is None else str(current.version),
+                  "replaced_version": current_version,
                   "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         client.set_model_version_tag(name, previous, "promotion.rollback_at", record["decided_at"])
         io.write_json(paths.promotion_record, record)

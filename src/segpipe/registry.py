@@ -8,6 +8,7 @@ from typing import Any
 import mlflow
 
 from segpipe.config import TrackingParams
+from segpipe.redact import redact_uri
 from segpipe.tracking.mlflow_tracking import tracking_uri
 
 
@@ -22,6 +23,7 @@ class RegisteredVersion:
     metric: str
     value: float
     tracking_uri: str
+    """Where it was registered, credentials masked (the record is committed to git)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,4 +76,4 @@ def register_version(
     client.update_model_version(name, version.version, description=description)
     client.set_registered_model_alias(name, alias, version.version)
     return RegisteredVersion(name, str(version.version), alias, record["architecture"], record["run_id"],
-                             record["model_uri"], metric, float(record[metric]), uri)
+                             record["model_uri"], metric, float(record[metric]), redact_uri(uri))

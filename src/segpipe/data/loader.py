@@ -12,6 +12,7 @@ from segpipe.data.cache import SplitArrays
 
 if TYPE_CHECKING:
     from segpipe.data.augment import SampleAugmenter
+    from segpipe.data.device_augment import DeviceAugmenter
 
 
 class BatchLoader:
@@ -21,6 +22,8 @@ class BatchLoader:
     ``seed + epoch`` so every run sees the same order; flips are applied to image and mask together,
     on the device. An ``augmenter`` (albumentations, :class:`segpipe.data.augment.SampleAugmenter`)
     replaces the flips: it runs per sample on the CPU copy, and its batch is then moved to the device.
+    A ``device_augmenter`` (:class:`segpipe.data.device_augment.DeviceAugmenter`) zooms and colour-jitters
+    each flipped batch on the device instead.
     ``drop_last`` (for training) skips a final partial batch, since BatchNorm cannot train on one sample.
     """
 
@@ -35,8 +38,10 @@ class BatchLoader:
         seed: int = 0,
         drop_last: bool = False,
         augmenter: SampleAugmenter | None = None,
+        device_augmenter: DeviceAugmenter | None = None,
     ) -> None:
         self.augmenter = augmenter
+        self.device_augmenter = device_augmenter
         self._host_images = np.array(arrays.images)  # copy out of the mmap
         self._host_masks = np.array(arrays.masks)
         # NCHW-contiguous once, so batches have the layout a plain tensor would (the permuted NHWC view is
@@ -85,7 +90,10 @@ class BatchLoader:
                 images, masks = _flip_where(images, masks, flips[index, 0] < 0.5, dim=-1)
             if self.vflip:
                 images, masks = _flip_where(images, masks, flips[index, 1] < 0.5, dim=-2)
-            yield images.float().div_(255.0), masks.long()
+            images, masks = images.float().div_(255.0), masks.long()
+            if self.device_augmenter is not None:
+                images, masks = self.device_augmenter(images, masks, self.epoch, batch)
+            yield images, masks
 
     def _augmented(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = [self.augmenter(self._host_images[i], self._host_masks[i]) for i in index.tolist()]

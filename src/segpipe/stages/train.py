@@ -13,6 +13,7 @@ from torch import nn
 from segpipe import io
 from segpipe.config import Params
 from segpipe.data.cache import load_split
+from segpipe.data.device_augment import DeviceAugmenter
 from segpipe.data.loader import BatchLoader
 from segpipe.data.manifest import DatasetInfo, data_version
 from segpipe.models import build_model, build_reconstruction_model, count_params_m
@@ -114,10 +115,13 @@ def run_train(
         from segpipe.data.augment import SampleAugmenter  # albumentations only where it is used
 
         augmenter = SampleAugmenter(settings.augment, info.ignore_index, settings.seed)
+    device_augmenter = None
+    if settings.augment.on_device and settings.augment.needs_transforms:
+        device_augmenter = DeviceAugmenter(settings.augment, info.ignore_index, settings.seed, device)
     train_loader = BatchLoader(
         load_split(paths.prepared, "train"), settings.batch_size, device, shuffle=True,
         hflip=settings.augment.hflip, vflip=settings.augment.vflip, seed=settings.seed, drop_last=True,
-        augmenter=augmenter,
+        augmenter=augmenter, device_augmenter=device_augmenter,
     )
     val_loader = BatchLoader(load_split(paths.prepared, "val"), settings.batch_size, device)
     checkpoint_path = paths.checkpoint(architecture, task)
@@ -160,9 +164,10 @@ def run_train(
         tracker.log_metrics({f"best_{result.monitor}": result.best_score, "best_epoch": result.best_epoch,
                              "train_seconds": result.seconds})
         best_model, _ = load_checkpoint(checkpoint_path, device)
-        example = val_loader.images[:1].float().div(255).cpu().numpy()
-        record = {"architecture": architecture, "task": task, "run_id": tracker.run_id,
-                  "parent_run_id": tracker.parent_run_id, "model_uri": tracker.log_model(best_model, example)}
+        tracker.log_model(best_model, val_loader.images[:1].float().div(255).cpu().numpy())
+    # after the run has ended: a tracking server that was down may only have received the run just now
+    record = {"architecture": architecture, "task": task, "run_id": tracker.run_id,
+              "parent_run_id": tracker.parent_run_id, "model_uri": tracker.model_uri}
 
     io.write_json(paths.history(architecture, task), {
         "architecture": architecture, "task": task, "monitor": result.monitor, "best_epoch": result.best_epoch,

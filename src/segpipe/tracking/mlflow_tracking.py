@@ -1,11 +1,19 @@
-"""MLflow implementation of the tracking interface: runs, parameters, metrics and logged models."""
+"""MLflow implementation of the tracking interface: runs, parameters, metrics and logged models.
+
+A training run's calls go through :class:`BufferedTracker`: what the tracking server cannot take because it is
+down or unreachable is spooled on local disk (:mod:`segpipe.tracking.spool`) and sent, in order, when the server
+answers again, at the end of the run, or later by ``segpipe sync`` (:func:`sync_spools`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import subprocess
+import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +23,14 @@ import numpy as np
 import torch
 from mlflow.entities import Metric, Param
 from mlflow.models import infer_signature
+from mlflow.tracking.context.registry import resolve_tags
 from torch import nn
 
 from segpipe.config import TrackingParams
+from segpipe.redact import redact_uri
+from segpipe.tracking.spool import (
+    Progress, Spool, fail_fast, is_unreachable, new_spool_path, spool_dir, unreachable_reason,
+)
 
 MODEL_PIP_REQUIREMENTS = [
     f"torch=={torch.__version__.split('+')[0]}",
@@ -25,6 +38,13 @@ MODEL_PIP_REQUIREMENTS = [
     "segmentation-models-pytorch==0.6.0",
     "numpy==2.4.6",
 ]
+CALL_TIMEOUT_S = 5
+"""Limit on each wait for the server in a tracking call, so a hung server holds training up briefly."""
+MODEL_TIMEOUT_S = 120
+"""The same for logging a model, whose upload can legitimately take long."""
+RETRY_INTERVAL_S = 30.0
+"""While calls are spooled, other calls than ``log_metrics`` (once an epoch) retry the server at most this often."""
+SYNC_COMMAND = "segpipe sync"
 
 
 def tracking_uri(params: TrackingParams) -> str:
@@ -63,37 +83,28 @@ class MlflowTracker:
         self.client.log_batch(self.run_id, metrics=batch)
 
     def log_model(self, model: nn.Module, input_example: np.ndarray) -> str:
-        """Log ``model`` (pickle format, so any input size divisible by its stride works); return its URI."""
-        model = model.eval()
-        with torch.no_grad():
-            output = model(torch.from_numpy(input_example).to(next(model.parameters()).device)).cpu().numpy()
-        with _active(self.run_id):
-            info = mlflow.pytorch.log_model(
-                model,
-                name="model",
-                serialization_format="pickle",
-                pip_requirements=MODEL_PIP_REQUIREMENTS,
-                signature=infer_signature(input_example, output),
-                input_example=input_example,
-            )
-        return info.model_uri
+        return log_pytorch_model(self.run_id, model, input_example)
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, path, artifact_path)
 
 
-@contextmanager
-def _active(run_id: str) -> Iterator[None]:
-    """Make ``run_id`` the active run for fluent-only calls, without ending it afterwards."""
-    already = mlflow.active_run()
-    if already is not None and already.info.run_id == run_id:
-        yield
-        return
-    mlflow.start_run(run_id=run_id)
-    try:
-        yield
-    finally:
-        mlflow.end_run()
+def log_pytorch_model(run_id: str, model: nn.Module, input_example: np.ndarray) -> str:
+    """Log ``model`` as run ``run_id``'s logged model "model" (pickle format, so any input size divisible by its
+    stride works); return its URI."""
+    model = model.eval()
+    with torch.no_grad():
+        output = model(torch.from_numpy(input_example).to(next(model.parameters()).device)).cpu().numpy()
+    info = mlflow.pytorch.log_model(
+        model,
+        name="model",
+        run_id=run_id,
+        serialization_format="pickle",
+        pip_requirements=MODEL_PIP_REQUIREMENTS,
+        signature=infer_signature(input_example, output),
+        input_example=input_example,
+    )
+    return info.model_uri
 
 
 PIPELINE_TAG = "segpipe.pipeline"
@@ -143,21 +154,247 @@ def pipeline_parent(client: mlflow.MlflowClient, experiment_id: str, key: str, t
     return run.info.run_id
 
 
+class ServerUnreachable(RuntimeError):
+    """The tracking server did not answer (connection refused, timed out)."""
+
+
+class RunWriter:
+    """Sends tracking calls, as a spool records them, to the server; ``progress`` holds the ids it gave."""
+
+    def __init__(self, client: mlflow.MlflowClient, progress: Progress) -> None:
+        self.client = client
+        self.progress = progress
+
+    def apply(self, call: Mapping[str, object]) -> None:
+        """Make one recorded call (failing within :data:`CALL_TIMEOUT_S` or so when the server is down)."""
+        with fail_fast(MODEL_TIMEOUT_S if call["op"] == "log_model" else CALL_TIMEOUT_S):
+            match call["op"]:
+                case "start_run":
+                    self._start_run(call)
+                case "log_params":
+                    MlflowTracker(self._run_id(), self.client).log_params(call["params"])
+                case "log_metrics":
+                    metrics = [Metric(key, value, call["timestamp"], call["step"]) for key, value in call["metrics"].items()]
+                    self.client.log_batch(self._run_id(), metrics=metrics)
+                case "log_model":
+                    path = Path(call["path"])
+                    model = mlflow.pytorch.load_model(str(path), map_location="cpu")
+                    self.progress.model_uri = log_pytorch_model(self._run_id(), model, np.load(_example_path(path)))
+                case "end_run":
+                    self.client.set_terminated(self._run_id(), call["status"], end_time=call["end_time"])
+                case unknown:
+                    raise ValueError(f"unknown tracking call {unknown!r} in a spool")
+
+    def log_model(self, model: nn.Module, input_example: np.ndarray) -> None:
+        """Log a model held in memory (a spool holds a saved copy instead)."""
+        with fail_fast(MODEL_TIMEOUT_S):
+            self.progress.model_uri = log_pytorch_model(self._run_id(), model, input_example)
+
+    def _run_id(self) -> str:
+        assert self.progress.run_id is not None, "a spool's first call creates or names its run"
+        return self.progress.run_id
+
+    def _start_run(self, call: Mapping[str, object]) -> None:
+        """Continue run ``resume_run_id`` where the store has it, else create the run (nested under its
+        pipeline's parent run)."""
+        resumed = self._active_run(call["resume_run_id"]) if call["resume_run_id"] else None
+        if resumed is not None:
+            self.client.update_run(resumed.info.run_id, status="RUNNING")
+            self.progress.run_id = resumed.info.run_id
+            self.progress.parent_run_id = resumed.data.tags.get("mlflow.parentRunId")
+            return
+        experiment = self.client.get_experiment_by_name(call["experiment"])
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(call["experiment"])
+        tags = dict(call["tags"])
+        if call["pipeline"] is not None:
+            parent_tags = {"dataset": call["dataset"], "git_commit": tags["git_commit"]}
+            self.progress.parent_run_id = pipeline_parent(self.client, experiment_id, call["pipeline"], parent_tags)
+            tags["mlflow.parentRunId"] = self.progress.parent_run_id
+        run = self.client.create_run(experiment_id, start_time=call["start_time"], tags=tags, run_name=call["run_name"])
+        self.progress.run_id = run.info.run_id
+
+    def _active_run(self, run_id: str) -> mlflow.entities.Run | None:
+        try:
+            run = self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        return run if run.info.lifecycle_stage == "active" else None
+
+
+def send_spool(spool: Spool, writer: RunWriter) -> int:
+    """Send the calls of ``spool`` not sent yet, in order, recording progress after each; return how many."""
+    calls, writer.progress = spool.read()
+    waiting = calls[writer.progress.sent :]
+    for call in waiting:
+        writer.apply(call)
+        writer.progress.sent += 1
+        spool.record_progress(writer.progress)
+    return len(waiting)
+
+
+def _example_path(model_path: Path) -> Path:
+    return model_path.with_name(f"{model_path.name}-input-example.npy")
+
+
+def _now_ms() -> int:
+    return int(mlflow.utils.time.get_current_time_millis())
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class BufferedTracker:
+    """Tracks one training run through tracking-server outages: a call the server cannot take is spooled, as is
+    every later call until the spool is sent (keeping their order); ``run_id`` is None until the run exists."""
+
+    def __init__(self, uri: str, spool: Spool) -> None:
+        self.uri = uri
+        self.spool = spool
+        self.writer = RunWriter(mlflow.MlflowClient(uri), Progress())
+        self._last_failure = -math.inf
+
+    @property
+    def run_id(self) -> str | None:
+        return self.writer.progress.run_id
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.writer.progress.parent_run_id
+
+    @property
+    def model_uri(self) -> str | None:
+        """The logged model's URI, once it reached the server."""
+        return self.writer.progress.model_uri
+
+    def log_params(self, params: Mapping[str, object]) -> None:
+        self._call({"op": "log_params", "params": {key: str(value) for key, value in params.items()}})
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log metrics at ``step``; while calls are spooled, first retry the server (once an epoch)."""
+        call = {"op": "log_metrics", "metrics": {key: float(value) for key, value in metrics.items()},
+                "step": step or 0, "timestamp": _now_ms()}
+        self._call(call, retry_now=True)
+
+    def log_model(self, model: nn.Module, input_example: np.ndarray) -> str | None:
+        """Log the model; while the server is unreachable, save it beside the spool and return None."""
+        if self._caught_up(retry_now=False) and self._attempt(lambda: self.writer.log_model(model, input_example)):
+            return self.model_uri
+        path = self.spool.models_dir / f"model-{time.time_ns()}"
+        mlflow.pytorch.save_model(model.eval(), str(path), serialization_format="pickle",
+                                  pip_requirements=MODEL_PIP_REQUIREMENTS)
+        np.save(_example_path(path), input_example)
+        self.spool.append({"op": "log_model", "path": str(path)})
+        return None
+
+    def start(self, call: dict[str, object]) -> None:
+        self._call(call, retry_now=True)
+
+    def finish(self, status: str) -> None:
+        """End the run with ``status``, sending what is spooled; if the server is still unreachable, keep the
+        spool for ``segpipe sync`` and say where it is."""
+        self._call({"op": "end_run", "status": status, "end_time": _now_ms()}, retry_now=True)
+        if self.spool.is_open:
+            self.spool.close()
+            _say(f"MLflow at {redact_uri(self.uri)} is still unreachable: this run's tracking is kept in {self.spool.path}; "
+                 f"send it with `{SYNC_COMMAND}` once the server is up")
+
+    def _call(self, call: dict[str, object], retry_now: bool = False) -> None:
+        if self._caught_up(retry_now) and self._attempt(lambda: self.writer.apply(call)):
+            return
+        self.spool.append(call)
+
+    def _caught_up(self, retry_now: bool) -> bool:
+        """Whether nothing is waiting in the spool, after trying to send it when a retry is due."""
+        if not self.spool.is_open:
+            return True
+        if not retry_now and time.monotonic() - self._last_failure < RETRY_INTERVAL_S:
+            return False
+        try:
+            sent = send_spool(self.spool, self.writer)
+        except Exception as error:
+            if not is_unreachable(error):
+                raise
+            self._last_failure = time.monotonic()
+            return False
+        self.spool.remove()
+        _say(f"MLflow at {redact_uri(self.uri)} is reachable again: sent {sent} buffered tracking calls (run {self.run_id})")
+        return True
+
+    def _attempt(self, send: Callable[[], None]) -> bool:
+        """Send directly; on an unreachable server start spooling (saying so) and return False."""
+        try:
+            send()
+        except Exception as error:
+            if not is_unreachable(error):
+                raise
+            self._last_failure = time.monotonic()
+            self.spool.create(dataclasses.replace(self.writer.progress, sent=0))
+            _say(f"MLflow at {redact_uri(self.uri)} is unreachable ({unreachable_reason(error)}); buffering to "
+                 f"{self.spool.path}; it will be sent when the server is back, or run `{SYNC_COMMAND}`")
+            return False
+        return True
+
+
 @contextmanager
 def start_run(
-    params: TrackingParams, dataset: str, run_name: str, tags: Mapping[str, str], pipeline: str | None = None
-) -> Iterator[MlflowTracker]:
-    """A new run in experiment ``segpipe-<dataset>``, nested under the parent run of pipeline execution
-    ``pipeline`` (see :func:`pipeline_key`) when given; marked FAILED if the block raises."""
-    mlflow.set_tracking_uri(tracking_uri(params))
-    experiment = mlflow.set_experiment(experiment_name(dataset))
-    all_tags = {"git_commit": git_commit(), **tags}
-    parent = None
-    if pipeline is not None:
-        parent = pipeline_parent(mlflow.MlflowClient(), experiment.experiment_id, pipeline, {"dataset": dataset})
-        all_tags["mlflow.parentRunId"] = parent
-    with mlflow.start_run(run_name=run_name, tags=all_tags) as run:
-        yield MlflowTracker(run.info.run_id, mlflow.MlflowClient(), parent)
+    params: TrackingParams,
+    dataset: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    pipeline: str | None = None,
+    resume_run_id: str | None = None,
+    spool_path: Path | None = None,
+) -> Iterator[BufferedTracker]:
+    """A run in experiment ``segpipe-<dataset>``: run ``resume_run_id`` continued if the store has it, else a new
+    run nested under the parent run of pipeline execution ``pipeline`` (see :func:`pipeline_key`) when given.
+    Marked FINISHED at the end, FAILED if the block raises. Calls the server cannot take go to ``spool_path``
+    (default: ``<spool dir>/<run name>-<timestamp>.jsonl``, see :func:`~segpipe.tracking.spool.spool_dir`)."""
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)  # mlflow.pytorch.log_model logs to the global tracking URI
+    tracker = BufferedTracker(uri, Spool(spool_path or new_spool_path(run_name)))
+    tracker.start({
+        "op": "start_run", "experiment": experiment_name(dataset), "run_name": run_name, "dataset": dataset,
+        "tags": resolve_tags({"git_commit": git_commit(), **tags}), "pipeline": pipeline,
+        "resume_run_id": resume_run_id, "start_time": _now_ms(),
+    })
+    status = "FAILED"
+    try:
+        yield tracker
+        status = "FINISHED"
+    finally:
+        tracker.finish(status)
+
+
+def sync_spools(tracking: TrackingParams | str, directory: Path | None = None) -> list[tuple[Path, str | None]]:
+    """Send every spool in ``directory`` (default :func:`~segpipe.tracking.spool.spool_dir`) to the tracking
+    server (``tracking``: params, or a URI), deleting each once all of it is sent; spools a running training
+    holds are skipped. Return (spool, run id) per spool sent. Raise :class:`ServerUnreachable` if the server
+    does not answer (what was sent stays recorded, so running it again sends only the rest)."""
+    uri = tracking if isinstance(tracking, str) else tracking_uri(tracking)
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    sent: list[tuple[Path, str | None]] = []
+    for path in sorted((directory or spool_dir()).glob("*.jsonl")):
+        spool = Spool(path)
+        if not spool.lock():
+            continue
+        writer = RunWriter(client, Progress())
+        try:
+            send_spool(spool, writer)
+        except Exception as error:
+            spool.close()
+            if is_unreachable(error):
+                raise ServerUnreachable(
+                    f"MLflow at {redact_uri(uri)} is unreachable ({unreachable_reason(error)}); {path} is kept: "
+                    f"run `{SYNC_COMMAND}` again once the server is up"
+                ) from error
+            raise
+        spool.remove()
+        sent.append((path, writer.progress.run_id))
+    return sent
 
 
 def finish_parent(params: TrackingParams, parent_run_id: str, metrics: Mapping[str, float], artifacts: list[Path]) -> None:
@@ -177,9 +414,11 @@ def resume_run(params: TrackingParams, run_id: str, architecture: str) -> Mlflow
     client = mlflow.MlflowClient()
     try:
         client.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
+    except mlflow.exceptions.MlflowException as error:
+        if is_unreachable(error):
+            raise
         raise ValueError(
-            f"MLflow run {run_id} that trained {architecture} is not in the tracking store {uri}: point "
+            f"MLflow run {run_id} that trained {architecture} is not in the tracking store {redact_uri(uri)}: point "
             f"MLFLOW_TRACKING_URI at the store that has it, or re-train (dvc repro -f train@{architecture})"
         ) from None
     return MlflowTracker(run_id, client)

@@ -15,6 +15,8 @@ class Tracker(Protocol):
     run_id: str | None
     parent_run_id: str | None
     """The pipeline execution's parent run, where runs are nested (None: not nested, or not tracked)."""
+    model_uri: str | None
+    """The logged model's URI once it is stored (None: none logged, or not stored yet)."""
 
     def log_params(self, params: Mapping[str, object]) -> None: ...
 
@@ -30,6 +32,7 @@ class NullTracker:
 
     run_id: str | None = None
     parent_run_id: str | None = None
+    model_uri: str | None = None
 
     def log_params(self, params: Mapping[str, object]) -> None:
         return None

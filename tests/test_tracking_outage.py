@@ -1,0 +1,199 @@
+"""Training outlives an MLflow server outage: calls it misses are spooled locally and reach it when it is back,
+at the end of the run, or by ``sync_spools`` (``segpipe sync``); a resumed training continues its run."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import requests
+import torch
+from torch import nn
+
+from segpipe.config import TrackingParams
+from segpipe.tracking.mlflow_tracking import RunWriter, ServerUnreachable, start_run, sync_spools
+from segpipe.tracking.spool import SPOOL_ENV
+
+PIPELINE = "outage-test"
+
+
+class MlflowServer:
+    """A real ``mlflow server`` (one worker, job execution off) on a fixed port and sqlite store, so it can be
+    stopped and started again as the same server."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        with (self.root / "server.log").open("a") as log:
+            self.process = subprocess.Popen(
+                [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+                 "--artifacts-destination", str(self.root / "artifacts")],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"{self.uri}/health", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("mlflow server did not start:\n" + (self.root / "server.log").read_text()[-3000:])
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        """One SIGTERM to the server's process group; wait until it has exited."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        self.process = None
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # the default spool dir is .segpipe/tracking-spool under the working directory
+    server = MlflowServer(tmp_path / "server")
+    yield server
+    server.stop()
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 2, kernel_size=1))
+
+
+EXAMPLE = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
+
+
+def assert_run_complete(client: mlflow.MlflowClient, run_id: str, epochs: int) -> None:
+    """The run has its params, one val_miou per epoch at the right step, a loadable model "model", FINISHED."""
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"lr": "0.01"}
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val_miou"))
+    assert history == [(epoch, epoch / 10) for epoch in range(1, epochs + 1)]
+    [output] = run.outputs.model_outputs
+    logged = client.get_logged_model(output.model_id)
+    assert logged.name == "model" and logged.source_run_id == run_id
+    loaded = mlflow.pytorch.load_model(logged.model_uri)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(torch.from_numpy(EXAMPLE)), tiny_model()(torch.from_numpy(EXAMPLE)))
+
+
+def test_a_server_restart_mid_training_loses_no_epoch(server, tmp_path, capsys):
+    server.start()
+    with start_run(TrackingParams(uri=server.uri), "toy", "unet", {"architecture": "unet"}, pipeline=PIPELINE) as tracker:
+        tracker.log_params({"lr": 0.01})
+        for epoch in range(1, 7):
+            tracker.log_metrics({"val_miou": epoch / 10}, step=epoch)
+            if epoch == 2:
+                server.stop()
+            if epoch == 4:
+                server.start()
+        model_uri = tracker.log_model(tiny_model(), EXAMPLE)
+
+    client = mlflow.MlflowClient(server.uri)
+    assert_run_complete(client, tracker.run_id, epochs=6)
+    assert model_uri == f"models:/{client.get_run(tracker.run_id).outputs.model_outputs[0].model_id}"
+    spools = tmp_path / ".segpipe" / "tracking-spool"
+    err = capsys.readouterr().err
+    assert err.count("is unreachable") == 1
+    assert f"MLflow at {server.uri} is unreachable (" in err and "Connection refused" in err
+    assert f"buffering to {spools}/unet-" in err and "or run `segpipe sync`" in err
+    assert f"MLflow at {server.uri} is reachable again: sent 2 buffered tracking calls (run {tracker.run_id})" in err
+    assert list(spools.iterdir()) == []  # sent, so removed
+
+
+def test_a_run_while_the_server_is_down_is_kept_and_sent_by_sync(server, tmp_path, capsys, monkeypatch):
+    spools = tmp_path / "spools"
+    monkeypatch.setenv(SPOOL_ENV, str(spools))
+    began = time.monotonic()
+    with start_run(TrackingParams(uri=server.uri), "toy", "unet", {"architecture": "unet"}, pipeline=PIPELINE) as tracker:
+        tracker.log_params({"lr": 0.01})
+        for epoch in range(1, 4):
+            tracker.log_metrics({"val_miou": epoch / 10}, step=epoch)
+        model_uri = tracker.log_model(tiny_model(), EXAMPLE)
+        assert sync_spools(server.uri) == []  # a running training's spool is its own to send
+    assert time.monotonic() - began < 15  # MLflow's own retries would take minutes
+    assert tracker.run_id is None and model_uri is None
+    [spool] = spools.glob("*.jsonl")
+    err = capsys.readouterr().err
+    assert err.count("is unreachable") == 1 and f"buffering to {spool};" in err
+    assert f"is still unreachable: this run's tracking is kept in {spool}; send it with `segpipe sync`" in err
+
+    with pytest.raises(ServerUnreachable, match="is kept: run `segpipe sync` again"):
+        sync_spools(server.uri)
+    server.start()
+    send_for_real = RunWriter.apply
+
+    def drop_at_epoch_2(self, call):
+        if call.get("step") == 2:
+            raise requests.ConnectionError("connection dropped")
+        send_for_real(self, call)
+
+    monkeypatch.setattr(RunWriter, "apply", drop_at_epoch_2)
+    with pytest.raises(ServerUnreachable, match="connection dropped"):
+        sync_spools(TrackingParams(uri=server.uri))  # created the run and sent epoch 1, then lost the server
+    monkeypatch.setattr(RunWriter, "apply", send_for_real)
+
+    [(sent_spool, run_id)] = sync_spools(TrackingParams(uri=server.uri))
+    client = mlflow.MlflowClient(server.uri)
+    assert sent_spool == spool and not spool.exists() and not spool.with_suffix(".models").exists()
+    assert_run_complete(client, run_id, epochs=3)  # epoch 1 sent once, not twice
+    run = client.get_run(run_id)
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["segpipe.pipeline"] == PIPELINE
+    assert run.data.tags["architecture"] == "unet" and run.info.run_name == "unet"
+    assert len(client.search_runs([run.info.experiment_id])) == 2  # the parent and this run
+
+    assert sync_spools(TrackingParams(uri=server.uri)) == []
+    assert len(client.search_runs([run.info.experiment_id])) == 2
+    assert len(client.get_metric_history(run_id, "val_miou")) == 3
+
+
+def test_resumed_training_continues_its_run(server):
+    server.start()
+    params = TrackingParams(uri=server.uri)
+    with pytest.raises(KeyboardInterrupt):
+        with start_run(params, "toy", "unet", {"architecture": "unet"}, pipeline=PIPELINE) as killed:
+            killed.log_params({"lr": 0.01})
+            for epoch in (1, 2):
+                killed.log_metrics({"val_miou": epoch / 10}, step=epoch)
+            raise KeyboardInterrupt
+    client = mlflow.MlflowClient(server.uri)
+    assert client.get_run(killed.run_id).info.status == "FAILED"
+
+    with start_run(params, "toy", "unet", {"architecture": "unet"}, pipeline=PIPELINE,
+                   resume_run_id=killed.run_id) as resumed:
+        assert client.get_run(killed.run_id).info.status == "RUNNING"
+        resumed.log_params({"lr": 0.01})
+        for epoch in (3, 4):
+            resumed.log_metrics({"val_miou": epoch / 10}, step=epoch)
+        resumed.log_model(tiny_model(), EXAMPLE)
+
+    assert (resumed.run_id, resumed.parent_run_id) == (killed.run_id, killed.parent_run_id)
+    assert_run_complete(client, killed.run_id, epochs=4)
+    experiment = client.get_experiment_by_name("segpipe-toy").experiment_id
+    assert len(client.search_runs([experiment])) == 2  # the pipeline's parent run and the one training run
+
+    with start_run(params, "toy", "unet", {}, resume_run_id="0" * 32) as fresh:  # not in the store: a new run
+        pass
+    assert fresh.run_id != killed.run_id and client.get_run(fresh.run_id).info.status == "FINISHED"
