@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -20,14 +21,13 @@ _REPLACE = "re-copy or re-export the file, or remove it from the dataset"
 _MAX_LISTED = 5
 
 
-def _load(path: Path, kind: str) -> Image.Image:
-    """Open and fully decode ``path`` (a ``kind`` file); every failure to read it becomes a DatasetError."""
+@contextmanager
+def _decoding(path: Path, kind: str) -> Iterator[None]:
+    """Turn every failure to open or decode ``path`` (a ``kind`` file) inside the block into a DatasetError."""
     if path.is_file() and path.stat().st_size == 0:
         raise DatasetError(f"the {kind} file is empty (0 bytes)", _REPLACE, path)
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
+        yield
     except FileNotFoundError as error:
         raise DatasetError(f"the {kind} file does not exist", "check the dataset path and its file list", path) from error
     except PermissionError as error:
@@ -45,6 +45,20 @@ def _load(path: Path, kind: str) -> Image.Image:
         raise DatasetError(f"the {kind} is too large to decode safely ({error})", "downscale the image", path) from error
     except Exception as error:  # noqa: BLE001 - PIL's decoders raise OSError, SyntaxError, ValueError, EOFError, ... on corrupt data
         raise DatasetError(f"the {kind} file is truncated or corrupt ({type(error).__name__}: {error})", _REPLACE, path) from error
+
+
+def _load(path: Path, kind: str) -> Image.Image:
+    """Open and fully decode ``path`` (a ``kind`` file); every failure to read it becomes a DatasetError."""
+    with _decoding(path, kind), Image.open(path) as image:
+        image.load()
+        return image.copy()
+
+
+def image_shape(path: Path) -> tuple[int, int]:
+    """(height, width) of an image file from its header, without decoding the pixels; a bad file is a DatasetError."""
+    path = Path(path)
+    with _decoding(path, "image"), Image.open(path) as image:
+        return image.height, image.width
 
 
 def _listed(values: np.ndarray) -> str:

@@ -29,7 +29,7 @@ def fit_to_size(
     "crop" keeps the aspect ratio, covers ``size`` and crops the centre. Pairs already at ``size``
     are returned unchanged.
     """
-    if image.ndim != 3 or image.shape[:2] != mask.shape:
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != mask.shape:
         raise ValueError(f"image shape {image.shape} and mask shape {mask.shape} do not match: expected HxWx3 and HxW")
     height, width = image.shape[:2]
     target_height, target_width = size

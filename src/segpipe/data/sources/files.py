@@ -80,7 +80,7 @@ def require_samples(samples: list[SourceSample], unlabelled: int, root: Path, la
 
 def read_class_names(path: Path) -> tuple[str, ...]:
     """Class names from a text file, one per line in id order (blank lines skipped)."""
-    names = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    names = tuple(line for line in _text_lines(path, "class list") if line)
     if not names:
         raise DatasetError("class list is empty", "write one class name per line, in class id order", path)
     duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -90,11 +90,33 @@ def read_class_names(path: Path) -> tuple[str, ...]:
 
 
 def read_stem_list(path: Path) -> list[str]:
-    """First token of each line of a split list (blank lines and ``#`` comments skipped)."""
+    """First token of each line of a split list (blank lines and ``#`` comments skipped); each must be a plain file name."""
     if not path.is_file():
         raise DatasetError("split list is missing", "restore the dataset's split list files", path)
-    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
-    return [line.split()[0] for line in lines if line and not line.startswith("#")]
+    stems = [line.split()[0] for line in _text_lines(path, "split list") if line and not line.startswith("#")]
+    for stem in stems:
+        if Path(stem).name != stem or stem in {".", ".."} or "\0" in stem:
+            raise DatasetError(
+                f"split list names {stem!r}, which is not a plain file name (it could point outside the dataset)",
+                "list sample names without folders or extensions, one per line", path,
+            )
+    return stems
+
+
+def _text_lines(path: Path, kind: str) -> list[str]:
+    """The stripped lines of a UTF-8 text file; a file that cannot be read or decoded is a DatasetError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DatasetError(
+            f"the {kind} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start})",
+            "save it as plain UTF-8 text, one entry per line", path,
+        ) from None
+    except OSError as error:
+        raise DatasetError(
+            f"the {kind} could not be read ({error.strerror or error})", "check that it is a readable file", path
+        ) from None
+    return [line.strip() for line in text.splitlines()]
 
 
 def require_root(root: Path, layout: str) -> None:
