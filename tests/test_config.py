@@ -70,3 +70,13 @@ def test_missing_or_broken_file(tmp_path):
     broken.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(broken)
+
+
+def test_a_yaml_alias_bomb_in_model_options_gives_a_short_error(tmp_path):
+    """Nested YAML aliases (9^8 leaves) in a model option are reported in a few lines, not expanded."""
+    levels = "".join(f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n" for p, c in zip("abcdefg", "bcdefgh"))
+    path = tmp_path / "params.yaml"
+    path.write_text("a: &a [x,x,x,x,x,x,x,x,x]\n" + levels + "train:\n  models:\n    unet: {depth: *h}\n")
+    with pytest.raises(ConfigError) as error:
+        load_params(path)
+    assert "train.models.unet.depth" in str(error.value) and len(str(error.value)) < 5000  # expanded: megabytes

@@ -1,5 +1,6 @@
 """Architecture registry: option validation and model construction by name."""
 
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -102,6 +103,10 @@ def architecture_family(name: str) -> str:
     return get_architecture(name).family
 
 
+_SHORT = reprlib.Repr()  # a bad value shown in an error without pages of nested data
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 3, 6, 6, 60, 60
+
+
 def validate_model_options(name: str, options: Mapping[str, Any] | None) -> BaseModel:
     """Typed config for ``name`` from ``train.models.<name>`` options (None: all defaults).
 
@@ -123,7 +128,7 @@ def validate_model_options(name: str, options: Mapping[str, Any] | None) -> Base
             if problem["type"] == "extra_forbidden":
                 problems.append(f"{prefix}.{key}: unknown option; allowed options: {allowed}")
             else:
-                problems.append(f"{prefix}.{key}: {problem['msg']} (got {problem['input']!r})")
+                problems.append(f"{prefix}.{key}: {problem['msg']} (got {_SHORT.repr(problem['input'])})")
         raise ValueError("Invalid model options:\n" + "\n".join(problems)) from None
 
 
