@@ -28,6 +28,7 @@ from segpipe import io
 from segpipe.config import AugmentParams, TrackingParams
 from segpipe.data.cache import SplitArrays
 from segpipe.data.loader import BatchLoader
+from segpipe.gpu.throughput import bare_images_per_second, sync
 from segpipe.models import available_architectures, build_model, count_params_m
 from segpipe.models.profile import gflops_per_image
 from segpipe.stages.evaluate import inference_images_per_second
@@ -46,11 +47,6 @@ def synthetic_split(count: int, size: tuple[int, int], seed: int) -> SplitArrays
     return SplitArrays(images, masks)
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -66,26 +62,6 @@ def peak_memory_mb(device: torch.device) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def bare_images_per_second(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], steps: int, rounds: int) -> float:
-    """Forward, loss, backward, step on one in-memory batch, nothing else; median over ``rounds`` rounds
-    after a warm-up round."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    criterion = nn.CrossEntropyLoss(ignore_index=255)
-    images, masks = batch
-    model.train()
-    timings = []
-    for _ in range(rounds + 1):
-        sync(images.device)
-        started = time.perf_counter()
-        for _ in range(steps):
-            optimizer.zero_grad(set_to_none=True)
-            criterion(model(images), masks).backward()
-            optimizer.step()
-        sync(images.device)
-        timings.append(time.perf_counter() - started)
-    return steps * len(images) / statistics.median(timings[1:])
 
 
 def segpipe_images_per_second(model: nn.Module, train: BatchLoader, val: BatchLoader, tracking: TrackingParams,

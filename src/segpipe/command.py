@@ -4,6 +4,7 @@
     segpipe rollback [--from V] # champion -> the previous champion (--from: only while V is champion)
     segpipe models             # versions, aliases, metrics
     segpipe sync               # send tracking buffered while the MLflow server was down
+    segpipe import-run DIR     # log + register a GPU run folder after re-checking its best model on the CPU
     segpipe predict IMAGE... --model models:/segpipe-synthetic@champion --out predictions/
 """
 
@@ -82,6 +83,18 @@ def _sync(args: argparse.Namespace) -> None:
     print(f"{len(sent)} buffered run(s) sent" if sent else "nothing to send: no buffered tracking left")
 
 
+def _import_run(args: argparse.Namespace) -> None:
+    from segpipe import io
+    from segpipe.gpu.import_run import import_run
+
+    params = load_params(args.params)
+    if not params.tracking.enabled:
+        raise ValueError("tracking.enabled is false: import-run logs and registers in MLflow; switch tracking on")
+    imported = import_run(args.run_dir, args.pack, params.tracking, params.register_.alias)
+    io.write_json(ProjectPaths(args.root).registry_record, imported.registered.as_dict())
+    print(imported.summary())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
@@ -101,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     sync = commands.add_parser("sync", help="send tracking buffered while the MLflow server was unreachable")
     sync.add_argument("--spool-dir", type=Path, help="default: $SEGPIPE_TRACKING_SPOOL or .segpipe/tracking-spool")
     sync.set_defaults(run=_sync)
+    imported = commands.add_parser("import-run", help="log a GPU run folder (pipelines/gpu_run.py) to MLflow and "
+                                   "register its best model after re-checking it on the CPU")
+    imported.add_argument("run_dir", type=Path, help="the folder gpu_run.py wrote (run.json, metrics.json, shards)")
+    imported.add_argument("--pack", type=Path, default=Path("pack/camvid.npz"),
+                          help="the CamVid pack the run trained on (default: pack/camvid.npz)")
+    imported.set_defaults(run=_import_run)
     predict = commands.add_parser("predict", help="write class-id masks and colour overlays for images")
     predict.add_argument("images", nargs="+", type=Path)
     predict.add_argument("--model", required=True, help="models:/<name>@<alias>, models:/<name>/<version> or a model.pt")
