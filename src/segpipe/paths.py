@@ -79,6 +79,10 @@ class ProjectPaths:
         folder = self.reports / "metrics" if task == "segment" else self.reports / "metrics" / task
         return folder / f"{architecture}.json"
 
+    def prediction_grid(self, architecture: str) -> Path:
+        """Test images | ground truth | prediction, for the first test images."""
+        return self.plots / "predictions" / f"{architecture}.png"
+
     def denoise_examples(self, architecture: str) -> Path:
         return self.plots / "denoise" / f"{architecture}.png"
 

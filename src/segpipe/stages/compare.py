@@ -167,8 +167,45 @@ def run_compare(params: Params, paths: ProjectPaths) -> pd.DataFrame:
     plot_leaderboard(frame, metric, paths.plots / "leaderboard.png")
     plot_per_class_iou(records, info.class_names, paths.plots / "per_class_iou.png")
     if params.tracking.enabled:
+        _log_test_results(params, paths, records, load_metrics(paths, params.denoise.architectures, "denoise"))
         _summarise_in_parent_runs(params, paths, frame, metric)
     return frame
+
+
+def _log_test_results(params: Params, paths: ProjectPaths, segmenters: list[dict[str, object]],
+                      denoisers: list[dict[str, object]]) -> None:
+    """Each model's test metrics and figures go to the MLflow run that trained it: done here, in one process,
+    rather than in every evaluate stage (each would pay ~2 s of MLflow start-up: measured)."""
+    import shutil
+    import tempfile
+
+    from segpipe.figures import confusion_matrix_png, per_class_iou_png
+    from segpipe.tracking.mlflow_tracking import resume_run
+
+    for record in segmenters + denoisers:
+        if not record.get("run_id"):
+            continue
+        architecture, task = str(record["architecture"]), record.get("task", "segment")
+        tracker = resume_run(params.tracking, str(record["run_id"]), architecture)
+        metrics = {key: value for key, value in record.items()
+                   if key.startswith(("test_", "input_")) and isinstance(value, float)}
+        if task == "segment":
+            metrics.update({f"test_iou_{name}": value for name, value in record["test_per_class_iou"].items()
+                            if value is not None})
+        tracker.log_metrics({**metrics, "infer_img_per_s": float(record["infer_img_per_s"])})
+        tracker.log_artifact(str(paths.metrics(architecture, task)))
+        if task != "segment":
+            tracker.log_artifact(str(paths.denoise_examples(architecture)))
+            continue
+        with tempfile.TemporaryDirectory() as scratch:
+            figures = Path(scratch)
+            shutil.copyfile(paths.prediction_grid(architecture), figures / "predictions.png")
+            title = f"{architecture}: test mIoU {record['test_miou']:.3f}"
+            confusion_matrix_png(np.asarray(record["confusion_matrix"]), tuple(record["test_per_class_iou"]),
+                                 figures / "confusion_matrix.png", title)
+            per_class_iou_png(record["test_per_class_iou"], figures / "per_class_iou.png", title)
+            for figure in sorted(figures.iterdir()):
+                tracker.log_artifact(str(figure))
 
 
 def _summarise_in_parent_runs(params: Params, paths: ProjectPaths, frame: pd.DataFrame, metric: str) -> None:

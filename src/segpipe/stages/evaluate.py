@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,7 +16,7 @@ from segpipe.config import Params
 from segpipe.data.cache import load_split
 from segpipe.data.loader import BatchLoader
 from segpipe.data.manifest import DatasetInfo
-from segpipe.figures import confusion_matrix_png, per_class_iou_png, prediction_grid_png
+from segpipe.figures import prediction_grid_png
 from segpipe.metrics import metrics_from_confusion
 from segpipe.models import count_params_m
 from segpipe.models.profile import gflops_per_image
@@ -29,9 +27,6 @@ from segpipe.tasks.denoise import Corruption, evaluation_generator, reconstructi
 from segpipe.tasks.segment import evaluate_split
 from segpipe.training.checkpoint import CheckpointMeta, load_checkpoint
 from segpipe.training.device import describe_device, resolve_device
-
-if TYPE_CHECKING:
-    from segpipe.tracking.mlflow_tracking import MlflowTracker
 
 
 @torch.inference_mode()
@@ -58,21 +53,15 @@ class TrainedModel:
     model: nn.Module
     meta: CheckpointMeta
     run: dict[str, object]
-    tracker: MlflowTracker | None
     info: DatasetInfo
     device: torch.device
 
 
 def load_trained(params: Params, paths: ProjectPaths, architecture: str, task: TaskName) -> TrainedModel:
-    """Checkpoint, run record and (with tracking on) the training run, checked before any work."""
+    """Checkpoint and run record, checked against the prepared data before any work."""
     device = resolve_device(params.train.device)
     model, meta = load_checkpoint(paths.checkpoint(architecture, task), device)
     run = io.read_json(paths.run_record(architecture, task))
-    tracker = None
-    if run["run_id"] and params.tracking.enabled:
-        from segpipe.tracking.mlflow_tracking import resume_run
-
-        tracker = resume_run(params.tracking, run["run_id"], architecture)  # fail before any work
     info = DatasetInfo.load(paths.prepared)
     if meta.class_names != info.class_names or meta.image_size != info.image_size:
         raise ValueError(
@@ -80,7 +69,7 @@ def load_trained(params: Params, paths: ProjectPaths, architecture: str, task: T
             f"{list(meta.image_size)} but the prepared data has {list(info.class_names)} at {list(info.image_size)}: "
             f"re-run the train stage for {architecture}"
         )
-    return TrainedModel(model, meta, run, tracker, info, device)
+    return TrainedModel(model, meta, run, info, device)
 
 
 def _model_figures(params: Params, trained: TrainedModel, speed_batch: torch.Tensor, paths: ProjectPaths,
@@ -102,12 +91,14 @@ def _model_figures(params: Params, trained: TrainedModel, speed_batch: torch.Ten
 
 
 def run_evaluate(params: Params, architecture: str, paths: ProjectPaths) -> dict[str, object]:
-    """Write ``reports/metrics/<architecture>.json`` and add the test metrics to the training run."""
+    """Write ``reports/metrics/<architecture>.json`` and ``reports/plots/predictions/<architecture>.png``
+    (the compare stage adds both, with more figures, to the training's MLflow run)."""
     trained = load_trained(params, paths, architecture, "segment")
     info = trained.info
     loader = BatchLoader(load_split(paths.prepared, "test"), params.evaluate.batch_size, trained.device)
     test_loss, matrix = evaluate_split(trained.model, loader, info.num_classes, info.ignore_index)
     scores = metrics_from_confusion(matrix)
+    first_images, first_masks = next(iter(loader))
     record: dict[str, object] = {
         "architecture": architecture,
         "task": "segment",
@@ -115,25 +106,12 @@ def run_evaluate(params: Params, architecture: str, paths: ProjectPaths) -> dict
         "dataset": info.name,
         **scores.as_dict("test_", info.class_names),
         "test_loss": test_loss,
-        **_model_figures(params, trained, next(iter(loader))[0], paths, architecture, "segment"),
+        **_model_figures(params, trained, first_images, paths, architecture, "segment"),
         "confusion_matrix": matrix.tolist(),
     }
     io.write_json(paths.metrics(architecture), record)
-    if trained.tracker is not None:
-        numeric = {k: v for k, v in record.items() if k.startswith("test_") and isinstance(v, float)}
-        per_class = {f"test_iou_{name}": v for name, v in record["test_per_class_iou"].items() if v is not None}
-        trained.tracker.log_metrics({**numeric, **per_class, "infer_img_per_s": record["infer_img_per_s"]})
-        trained.tracker.log_artifact(str(paths.metrics(architecture)))
-        images, masks = next(iter(loader))
-        with tempfile.TemporaryDirectory() as scratch:
-            figures = Path(scratch)
-            title = f"{architecture}: test mIoU {scores.miou:.3f}"
-            confusion_matrix_png(matrix, info.class_names, figures / "confusion_matrix.png", title)
-            per_class_iou_png(record["test_per_class_iou"], figures / "per_class_iou.png", title)
-            prediction_grid_png(trained.model, images[:6], masks[:6], info.num_classes, info.ignore_index,
-                                figures / "predictions.png")
-            for figure in sorted(figures.iterdir()):
-                trained.tracker.log_artifact(str(figure))
+    prediction_grid_png(trained.model, first_images[:6], first_masks[:6], info.num_classes, info.ignore_index,
+                        paths.prediction_grid(architecture))
     return record
 
 
@@ -178,10 +156,4 @@ def run_evaluate_denoise(params: Params, architecture: str, paths: ProjectPaths)
     io.write_json(paths.metrics(architecture, "denoise"), record)
     examples = paths.denoise_examples(architecture)
     save_denoise_examples(trained.model, first_batch[:4], corruption, examples)
-    if trained.tracker is not None:
-        trained.tracker.log_metrics({"test_loss": scores["loss"], "test_psnr": scores["psnr"],
-                                     "test_ssim": scores["ssim"], "input_psnr": reference["psnr"],
-                                     "input_ssim": reference["ssim"], "infer_img_per_s": record["infer_img_per_s"]})
-        trained.tracker.log_artifact(str(paths.metrics(architecture, "denoise")))
-        trained.tracker.log_artifact(str(examples))
     return record
