@@ -17,6 +17,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from torch import nn
 from segpipe import io
 from segpipe.config import AugmentParams, TrackingParams
 from segpipe.data.cache import SplitArrays
+from segpipe.data.device_augment import DeviceAugmenter
 from segpipe.data.loader import BatchLoader
 from segpipe.gpu.throughput import bare_images_per_second, sync
 from segpipe.models import available_architectures, build_model, count_params_m
@@ -64,15 +66,23 @@ def peak_memory_mb(device: torch.device) -> float:
     return float("nan")
 
 
-def segpipe_images_per_second(model: nn.Module, train: BatchLoader, val: BatchLoader, tracking: TrackingParams,
-                              rounds: int) -> float:
-    """The real loop with tracking on for ``rounds`` + 1 epochs; median of the training part of the warm epochs."""
+def training_throughputs(name: str, fresh: Callable[[], nn.Module], train: BatchLoader, val: BatchLoader,
+                         batch: tuple[torch.Tensor, torch.Tensor], tracking: TrackingParams,
+                         rounds: int) -> tuple[float, float]:
+    """Images/s of segpipe's real loop (tracking on; one epoch per round, its training part) and of the bare loop,
+    measured in alternating rounds after a warm-up round of each, so that drift of this shared machine's speed
+    hits both alike; medians over ``rounds``."""
     from segpipe.tracking.mlflow_tracking import start_run
 
-    with start_run(tracking, "benchmark", "benchmark", {}) as tracker:
-        result = fit(model, train, val, SegmentTask(NUM_CLASSES, 255),
-                     LoopSettings(rounds + 1, 1e-3, 1e-4, progress=True), tracker, lambda *_: None)
-    return len(train) * train.batch_size / statistics.median(r.train_seconds for r in result.history[1:])
+    ours_model, bare_model = fresh(), fresh()
+    ours, bare = [], []
+    with start_run(tracking, "benchmark", name, {}) as tracker:
+        for round_index in range(rounds + 1):
+            result = fit(ours_model, train, val, SegmentTask(NUM_CLASSES, 255),
+                         LoopSettings(1, 1e-3, 1e-4, progress=True), tracker, lambda *_: None)
+            ours.append(len(train) * train.batch_size / result.history[0].train_seconds)
+            bare.append(bare_images_per_second(bare_model, batch, len(train), 1, warmup=round_index == 0))
+    return statistics.median(ours[1:]), statistics.median(bare[1:])
 
 
 @torch.inference_mode()
@@ -96,8 +106,9 @@ def loader_images_per_second(arrays: SplitArrays, batch_size: int, device: torch
         from segpipe.data.augment import SampleAugmenter
 
         augmenter = SampleAugmenter(augment, 255, seed=0)
+    device_augmenter = DeviceAugmenter(augment, 255, 0, device) if augment.on_device else None
     loader = BatchLoader(arrays, batch_size, device, shuffle=True, hflip=augment.hflip, vflip=augment.vflip,
-                         drop_last=True, augmenter=augmenter)
+                         drop_last=True, augmenter=augmenter, device_augmenter=device_augmenter)
     started = time.perf_counter()
     seen = 0
     for epoch in range(3):
@@ -124,8 +135,7 @@ def benchmark_architecture(name: str, args: argparse.Namespace, device: torch.de
 
     tracking = TrackingParams(uri=f"sqlite:///{scratch / 'mlflow.db'}")
     reset_peak_memory(device)
-    bare = bare_images_per_second(fresh(), batch, args.steps, args.rounds)
-    ours = segpipe_images_per_second(fresh(), train, val, tracking, args.rounds)
+    ours, bare = training_throughputs(name, fresh, train, val, batch, tracking, args.rounds)
     peak = peak_memory_mb(device)
     model = fresh()
     median_ms, p95_ms = latency_ms(model, batch[0][:1], args.latency_runs)
@@ -152,8 +162,8 @@ def markdown(frame: pd.DataFrame, env: dict[str, object], data: dict[str, float]
         "",
         "Training throughput of segpipe's loop (loader, flips, loss, AdamW + schedule, progress bar, MLflow "
         "tracking; the training part of each epoch) against a bare loop (forward, loss, backward, step on "
-        f"in-memory tensors), both the median of {env['rounds']} rounds of {env['steps']} steps after a warm-up "
-        "round, from the same initial weights; inference latency "
+        f"in-memory tensors), both the median of {env['rounds']} rounds of {env['steps']} steps, measured in "
+        "alternating rounds after a warm-up round of each, from the same initial weights; inference latency "
         "at batch 1 (median and p95 over "
         f"{env['latency_runs']} runs) and throughput at batch 16; peak memory during training.",
         "",
@@ -200,6 +210,9 @@ def main(argv: list[str] | None = None) -> None:
         "loader_albumentations": loader_images_per_second(
             arrays, args.batch_size, device,
             AugmentParams(hflip=True, vflip=True, scale=(0.75, 1.25), color_jitter={"brightness": 0.2})),
+        "loader_on_device_augment": loader_images_per_second(
+            arrays, args.batch_size, device,
+            AugmentParams(hflip=True, vflip=True, scale=(0.75, 1.25), color_jitter={"brightness": 0.2}, on_device=True)),
         "fastest_model_img_per_s": fastest,
     }
     data["loader_albumentations_vs_fastest"] = data["loader_albumentations"] / fastest

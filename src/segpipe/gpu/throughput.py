@@ -30,10 +30,11 @@ def bare_images_per_second(
     precision: Precision = "fp32",
     channels_last: bool = False,
     ignore_index: int = 255,
+    warmup: bool = True,
 ) -> float:
     """Forward, loss, backward, step on one in-memory batch, nothing else (AdamW, fused on CUDA as in the real
-    loop; autocast and memory format as given); median over ``rounds`` rounds after a warm-up round.
-    Changes the model's weights."""
+    loop; autocast and memory format as given); median over ``rounds`` rounds after a warm-up round (none
+    with ``warmup=False``, for a model that already ran). Changes the model's weights."""
     images, masks = batch
     device = images.device
     if channels_last:
@@ -44,7 +45,7 @@ def bare_images_per_second(
     autocast = _autocast(device, precision)
     model.train()
     timings = []
-    for _ in range(rounds + 1):
+    for _ in range(rounds + warmup):
         sync(device)
         started = time.perf_counter()
         for _ in range(steps):
@@ -55,7 +56,7 @@ def bare_images_per_second(
             optimizer.step()
         sync(device)
         timings.append(time.perf_counter() - started)
-    return steps * len(images) / statistics.median(timings[1:])
+    return steps * len(images) / statistics.median(timings[int(warmup):])
 
 
 @torch.inference_mode()

@@ -12,16 +12,23 @@ from segpipe.registry import RegisteredVersion, register_version
 from segpipe.stages.compare import REFERENCE
 
 
-def run_register(params: Params, paths: ProjectPaths) -> RegisteredVersion:
-    """Register the best architecture by ``register.metric``; write ``reports/registry.json``."""
-    if not params.tracking.enabled:
-        raise ValueError("tracking.enabled is false, so no model was logged to MLflow: enable tracking to register")
+def run_register(params: Params, paths: ProjectPaths) -> RegisteredVersion | None:
+    """Register the best architecture by ``register.metric``; write ``reports/registry.json``.
+
+    With tracking off there is no MLflow model to register: the record says so, and the pipeline ends normally.
+    """
     metric = params.register_.metric
     board = pd.read_csv(paths.leaderboard_csv)
     candidates = board[board["architecture"] != REFERENCE].sort_values(metric, ascending=False, kind="stable")
     if candidates.empty:
         raise ValueError(f"{paths.leaderboard_csv} lists no trained model: run the compare stage after training")
     best = str(candidates.iloc[0]["architecture"])
+    if not params.tracking.enabled:
+        reason = "tracking.enabled is false: nothing was logged to MLflow, so nothing was registered"
+        io.write_json(paths.registry_record, {"registered": False, "reason": reason, "architecture": best,
+                                              "metric": metric, "value": float(candidates.iloc[0][metric])})
+        print(f"register: {reason} (best model: {best})")
+        return None
     record = io.read_json(paths.metrics(best))
     if not record.get("model_uri"):
         raise ValueError(f"{paths.metrics(best)} has no model_uri: re-train {best} with tracking enabled")
