@@ -172,7 +172,7 @@ def markdown(frame: pd.DataFrame, env: dict[str, object], data: dict[str, float]
         *("| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)),
         "",
         "Data path alone (images/s, batch loader over the uint8 cache, 3 epochs): "
-        + ", ".join(f"{k}: {v:.0f}" for k, v in data.items() if k.startswith("loader"))
+        + ", ".join(f"{k}: {v:.0f}" for k, v in data.items() if k.startswith("loader") and not k.endswith("_vs_fastest"))
         + f"; fastest model's training consumption: {data['fastest_model_img_per_s']:.0f} img/s "
         f"(loader with albumentations / fastest model = {data['loader_albumentations_vs_fastest']:.1f}×).",
         "",
