@@ -106,3 +106,30 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(ValueError, match=r"model.pt is not a readable checkpoint"):
         load_checkpoint(path)
+
+
+def test_auto_switches_pick_bf16_and_channels_last_on_cuda_only():
+    from segpipe.training.device import resolve_channels_last, resolve_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert (resolve_precision("auto", cpu), resolve_precision("auto", cuda)) == ("fp32", "bf16")
+    assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cuda) == "fp32"
+    assert (resolve_channels_last("auto", cpu), resolve_channels_last("auto", cuda)) == (False, True)
+    assert resolve_channels_last("channels_last", cpu) and not resolve_channels_last("contiguous", cuda)
+
+
+def test_fit_in_bf16_autocast_with_channels_last_learns_and_keeps_fp32_weights():
+    torch.manual_seed(0)
+    model = build_model("unet", 2, options={"depth": 2, "base_channels": 8})
+    device = torch.device("cpu")
+    train = BatchLoader(easy_split(32, 0), 8, device, shuffle=True, hflip=True, seed=0, drop_last=True)
+    val = BatchLoader(easy_split(8, 1), 8, device)
+    settings = LoopSettings(4, 5e-3, 0.0, progress=False, precision="bf16", channels_last=True)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    seen = set()
+    conv.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
+    result = fit(model, train, val, SegmentTask(2, 255), settings, RecordingTracker(), lambda *_: None)
+    assert seen == {torch.bfloat16}  # convolutions ran under autocast, in training and validation
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    assert result.best_score > 0.5
+    assert conv.weight.dtype == torch.float32 and conv.weight.is_contiguous(memory_format=torch.channels_last)
