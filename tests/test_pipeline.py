@@ -256,6 +256,21 @@ def test_make_retrain_registers_a_new_challenger_and_follows_the_gate(project, m
     assert str(champion_after) == (second_challenger if passes else str(champion_before))
 
 
+def test_dvc_remote_round_trip_restores_data_and_models_so_repro_runs_nothing(project):
+    """push to the project's DVC remote (set by make retrain), wipe the cache and the cached outputs, pull:
+    everything is back and ``dvc repro`` has nothing to do."""
+    assert run(["dvc", "remote", "list"], project).stdout.strip(), "make retrain configured no remote"
+    run(["dvc", "push"], project)
+    checkpoint = project / "models" / "unet" / "model.pt"
+    before = checkpoint.read_bytes()
+    for path in (project / ".dvc" / "cache", project / "data" / "prepared", project / "models"):
+        shutil.rmtree(path)
+    run(["dvc", "pull"], project)
+    assert checkpoint.read_bytes() == before and (project / "data" / "prepared" / "manifest.csv").is_file()
+    repro = run(["dvc", "repro"], project)
+    assert "Running stage" not in repro.stdout, repro.stdout[-2000:]
+
+
 def test_bad_mask_stops_pipeline_at_validate(project):
     bad = project / "data/prepared/val/masks/val_00003.png"
     mask = np.asarray(Image.open(bad)).copy()
