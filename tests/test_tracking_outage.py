@@ -10,6 +10,7 @@ import requests
 import torch
 from torch import nn
 
+from segpipe.command import main
 from segpipe.config import TrackingParams
 from segpipe.tracking.mlflow_tracking import RunWriter, ServerUnreachable, start_run, sync_spools
 from segpipe.tracking.spool import SPOOL_ENV
@@ -93,6 +94,11 @@ def test_a_run_while_the_server_is_down_is_kept_and_sent_by_sync(server, tmp_pat
 
     with pytest.raises(ServerUnreachable, match="is kept: run `segpipe sync` again"):
         sync_spools(server.uri)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"tracking: {{uri: '{server.uri}'}}\n")
+    assert main(["--params", str(params), "sync"]) == 1  # the CLI: one line, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "segpipe sync" in err and "Traceback" not in err
     server.start()
     send_for_real = RunWriter.apply
 
@@ -117,6 +123,8 @@ def test_a_run_while_the_server_is_down_is_kept_and_sent_by_sync(server, tmp_pat
     assert len(client.search_runs([run.info.experiment_id])) == 2  # the parent and this run
 
     assert sync_spools(TrackingParams(uri=server.uri)) == []
+    assert main(["--params", str(params), "sync"]) == 0
+    assert "nothing to send" in capsys.readouterr().out
     assert len(client.search_runs([run.info.experiment_id])) == 2
     assert len(client.get_metric_history(run_id, "val_miou")) == 3
 
