@@ -163,12 +163,21 @@ def test_train_stage_killed_mid_epoch_resumes_to_the_same_weights_and_the_same_r
     for before, after in zip(history[0]["epochs"], history[1]["epochs"]):
         assert (before["train_loss"], before["validation"]) == (after["train_loss"], after["validation"])
 
+    # deferred tracking (the default): both processes recorded into the run's one spool; sending it makes one run
+    spools = sorted((killed / ".segpipe" / "tracking-spool").glob("*.jsonl"))
+    assert len(spools) == 1, spools
+    sync = subprocess.run([str(Path(sys.executable).with_name("segpipe")), "--params", str(killed / "params.yaml"),
+                           "sync"], cwd=killed, env=stage_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert sync.returncode == 0, sync.stderr[-3000:]
     mlflow.set_tracking_uri(f"sqlite:///{killed / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["segpipe-synthetic"], filter_string="attributes.run_name = 'unet'",
                               output_format="list")
     assert len(runs) == 1, "the resumed stage started a second MLflow run"
     run = runs[0]
     assert run.info.status == "FINISHED"
-    assert json.loads((killed / "models" / "unet" / "run.json").read_text())["run_id"] == run.info.run_id
+    record = json.loads((killed / "models" / "unet" / "run.json").read_text())
+    assert record["tracking"] == "deferred" and run.data.tags["segpipe.run_key"] == record["run_key"]
+    assert run.data.tags["segpipe.model_uri"].startswith("models:/")
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_miou")]
     assert sorted(set(steps)) == [1, 2, 3]

@@ -142,7 +142,7 @@ def test_resumed_training_continues_its_run(server):
     assert client.get_run(killed.run_id).info.status == "FAILED"
 
     with start_run(params, "toy", "unet", {"architecture": "unet"}, pipeline=PIPELINE,
-                   resume_run_id=killed.run_id) as resumed:
+                   run_key=killed.run_key) as resumed:
         assert client.get_run(killed.run_id).info.status == "RUNNING"
         resumed.log_params({"lr": 0.01})
         for epoch in (3, 4):
@@ -154,6 +154,6 @@ def test_resumed_training_continues_its_run(server):
     experiment = client.get_experiment_by_name("segpipe-toy").experiment_id
     assert len(client.search_runs([experiment])) == 2  # the pipeline's parent run and the one training run
 
-    with start_run(params, "toy", "unet", {}, resume_run_id="0" * 32) as fresh:  # not in the store: a new run
+    with start_run(params, "toy", "unet", {}, run_key="0" * 32) as fresh:  # not in the store: a new run
         pass
     assert fresh.run_id != killed.run_id and client.get_run(fresh.run_id).info.status == "FINISHED"

@@ -14,7 +14,7 @@ from segpipe.training.loop import LoopSettings, fit
 
 
 class RecordingTracker:
-    run_id = None
+    run_key = None
 
     def __init__(self):
         self.params, self.metrics = {}, []

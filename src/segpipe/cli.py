@@ -9,12 +9,15 @@ from pathlib import Path
 
 from segpipe.config import ConfigError, Params, load_params
 from segpipe.paths import ProjectPaths
+from segpipe.tracking.spool import ServerUnreachable
 from segpipe.validation import DataValidationError
 
 StageFunction = Callable[[Params, ProjectPaths, argparse.Namespace], object]
 
 #: Errors that mean "the user must fix an input": printed as one clear message, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataValidationError, FileNotFoundError, ValueError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError, DataValidationError, FileNotFoundError, ValueError, ServerUnreachable,
+)
 
 
 def stage_main(

@@ -267,6 +267,9 @@ class TrackingParams(_Section):
 
     enabled: bool = True
     uri: str = "sqlite:///mlflow.db"
+    live: bool = False
+    """True: each train stage logs to MLflow as it trains. False: it records its calls in a local spool, and the
+    compare stage sends every spool in one process (MLflow starts once per pipeline, not once per model)."""
 
 
 class Params(_Section):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,9 +15,11 @@ from segpipe.data.manifest import DatasetInfo, class_pixel_columns, read_manifes
 from segpipe.metrics import constant_prediction_confusion, metrics_from_confusion
 from segpipe.paths import ProjectPaths
 from segpipe.plotting import pyplot, save_png
+from segpipe.redact import redact_uri
 
 if TYPE_CHECKING:
     from segpipe.tasks import TaskName
+    from segpipe.tracking.mlflow_tracking import RunRef
 
 REFERENCE = "majority_class"
 FAMILY_LABELS = {"seed": "seed architecture", "baseline": "smp baseline", "reference": "reference"}
@@ -155,11 +158,16 @@ def run_compare(params: Params, paths: ProjectPaths) -> pd.DataFrame:
     info = DatasetInfo.load(paths.prepared)
     metric = params.compare.metric
     records = load_metrics(paths, params.train.architectures)
+    denoise_records = load_metrics(paths, params.denoise.architectures, "denoise")
+    runs = _tracked_runs(params, info.name, records + denoise_records) if params.tracking.enabled else {}
+    for record in records + denoise_records:
+        run = runs.get(str(record.get("run_key")))
+        record["run_id"], record["model_uri"] = (run.run_id, run.model_uri) if run else (None, None)
     everything = [*records, majority_class_row(paths.prepared, info)]
     frame = leaderboard_frame(everything, metric)
     io.write_text(paths.leaderboard_csv, frame.to_csv(index=False, float_format="%.6g"))
     markdown = leaderboard_markdown(frame, everything, info.class_names, info.name, metric)
-    denoisers = denoise_frame(load_metrics(paths, params.denoise.architectures, "denoise"))
+    denoisers = denoise_frame(denoise_records)
     io.write_text(paths.denoise_leaderboard_csv, denoisers.to_csv(index=False, float_format="%.6g"))
     if len(denoisers):
         markdown += "\n" + denoise_markdown(denoisers)
@@ -167,9 +175,31 @@ def run_compare(params: Params, paths: ProjectPaths) -> pd.DataFrame:
     plot_leaderboard(frame, metric, paths.plots / "leaderboard.png")
     plot_per_class_iou(records, info.class_names, paths.plots / "per_class_iou.png")
     if params.tracking.enabled:
-        _log_test_results(params, paths, records, load_metrics(paths, params.denoise.architectures, "denoise"))
-        _summarise_in_parent_runs(params, paths, frame, metric)
+        _log_test_results(params, paths, records, denoise_records)
+        parents = {run.parent_run_id for run in runs.values()} - {None}
+        _summarise_in_parent_runs(params, paths, frame, metric, parents)
     return frame
+
+
+def _tracked_runs(params: Params, dataset: str, records: list[dict[str, object]]) -> dict[str, RunRef]:
+    """Send what training runs spooled (deferred tracking: MLflow starts here, once), then find each model's
+    run by the key its metrics record carries."""
+    from segpipe.tracking.mlflow_tracking import find_runs, sync_spools, tracking_uri
+
+    sent = sync_spools(params.tracking)
+    if sent:
+        print(f"compare: sent {len(sent)} spooled training run(s) to MLflow")
+    keys = [str(record["run_key"]) for record in records if record.get("run_key")]
+    runs = find_runs(params.tracking, dataset, keys)
+    missing = [f"{record['architecture']} ({record.get('task', 'segment')})" for record in records
+               if record.get("run_key") and record["run_key"] not in runs]
+    untracked = [f"{record['architecture']} ({record.get('task', 'segment')})" for record in records
+                 if not record.get("run_key")]
+    if missing or untracked:
+        print(f"compare: no MLflow run in {redact_uri(tracking_uri(params.tracking))} for "
+              f"{', '.join(missing + untracked)}: their leaderboard rows have no run_id / model_uri. Re-train them "
+              f"with tracking on and this MLFLOW_TRACKING_URI (dvc repro -f train@<architecture>)", file=sys.stderr)
+    return runs
 
 
 def _log_test_results(params: Params, paths: ProjectPaths, segmenters: list[dict[str, object]],
@@ -208,12 +238,12 @@ def _log_test_results(params: Params, paths: ProjectPaths, segmenters: list[dict
                 tracker.log_artifact(str(figure))
 
 
-def _summarise_in_parent_runs(params: Params, paths: ProjectPaths, frame: pd.DataFrame, metric: str) -> None:
+def _summarise_in_parent_runs(params: Params, paths: ProjectPaths, frame: pd.DataFrame, metric: str,
+                              parents: set[str]) -> None:
     """The pipeline's parent run(s) get the leaderboard, the best score and each model's score; then FINISHED."""
     from segpipe.tracking.mlflow_tracking import finish_parent
 
     models = frame[frame["family"] != "reference"]
-    parents = {io.read_json(paths.metrics(name)).get("parent_run_id") for name in models["architecture"]} - {None}
     scores = {f"best_{metric}": float(models[metric].max()),
               **{f"{metric}.{name}": float(value) for name, value in zip(models["architecture"], models[metric])}}
     artifacts = [paths.leaderboard_md, paths.leaderboard_csv, paths.plots / "leaderboard.png", paths.plots / "per_class_iou.png"]

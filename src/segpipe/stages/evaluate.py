@@ -84,9 +84,7 @@ def _model_figures(params: Params, trained: TrainedModel, speed_batch: torch.Ten
         f"best_{trained.meta.monitor}": trained.meta.score,
         "train_seconds": round(float(history["train_seconds"]), 1),
         "device": describe_device(trained.device),
-        "run_id": trained.run["run_id"],
-        "parent_run_id": trained.run.get("parent_run_id"),
-        "model_uri": trained.run["model_uri"],
+        "run_key": trained.run.get("run_key"),  # the compare stage finds the MLflow run by it
     }
 
 

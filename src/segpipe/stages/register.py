@@ -29,9 +29,13 @@ def run_register(params: Params, paths: ProjectPaths) -> RegisteredVersion | Non
                                               "metric": metric, "value": float(candidates.iloc[0][metric])})
         print(f"register: {reason} (best model: {best})")
         return None
-    record = io.read_json(paths.metrics(best))
-    if not record.get("model_uri"):
-        raise ValueError(f"{paths.metrics(best)} has no model_uri: re-train {best} with tracking enabled")
+    row = candidates.iloc[0]
+    if not isinstance(row["model_uri"], str) or not row["model_uri"]:
+        raise ValueError(
+            f"{paths.leaderboard_csv} has no model_uri for {best}: the compare stage found no MLflow run with its "
+            f"logged model; re-train it with tracking enabled (dvc repro -f train@{best})"
+        )
+    record = {**io.read_json(paths.metrics(best)), "run_id": row["run_id"], "model_uri": row["model_uri"]}
     info = DatasetInfo.load(paths.prepared)
     registered = register_version(params.tracking, info.name, record, metric, params.register_.alias)
     io.write_json(paths.registry_record, registered.as_dict())

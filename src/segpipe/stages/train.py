@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import uuid
 from collections.abc import Iterator
 
 import torch
@@ -52,17 +53,26 @@ def check_image_size(architecture: str, output_stride: int, image_size: tuple[in
 
 @contextlib.contextmanager
 def _tracking(
-    params: Params, dataset: str, run_label: str, tags: dict[str, str], config_digest: str, resume_run_id: str | None
+    params: Params, dataset: str, run_label: str, tags: dict[str, str], config_digest: str, run_key: str
 ) -> Iterator[Tracker]:
-    """An MLflow run nested under this pipeline execution's parent run, or the interrupted run being resumed
-    (a no-op tracker when tracking is off)."""
+    """Run ``run_key`` (a new one, or the interrupted run being resumed), nested under this pipeline execution's
+    parent run: logged live, or spooled for the compare stage to send (``tracking.live``); a no-op tracker when
+    tracking is off."""
     if not params.tracking.enabled:
         yield NullTracker()
         return
-    from segpipe.tracking.mlflow_tracking import pipeline_key, start_run  # MLflow only where tracking is on
+    from segpipe.tracking.context import pipeline_key
 
-    with start_run(params.tracking, dataset, run_label, tags, pipeline=pipeline_key(config_digest),
-                   resume_run_id=resume_run_id) as tracker:
+    pipeline = pipeline_key(config_digest)
+    if not params.tracking.live:
+        from segpipe.tracking.deferred import spool_run  # no MLflow import: it starts once, in compare
+
+        with spool_run(dataset, run_label, tags, pipeline, run_key) as tracker:
+            yield tracker
+        return
+    from segpipe.tracking.mlflow_tracking import start_run  # MLflow only where it is used
+
+    with start_run(params.tracking, dataset, run_label, tags, pipeline=pipeline, run_key=run_key) as tracker:
         yield tracker
 
 
@@ -145,7 +155,8 @@ def run_train(
     if settings.resume == "never":
         states.clear()
     resume = states.latest()
-    with _tracking(params, info.name, label, tags, config_digest, resume.run_id if resume else None) as tracker:
+    run_key = (resume.run_key if resume else None) or uuid.uuid4().hex
+    with _tracking(params, info.name, label, tags, config_digest, run_key) as tracker:
         tracker.log_params({
             "arch": architecture, "family": family, "task": task, "dataset": info.name, "epochs": epochs,
             "upsample": options.get("upsample", "n/a"),
@@ -165,9 +176,8 @@ def run_train(
                              "train_seconds": result.seconds})
         best_model, _ = load_checkpoint(checkpoint_path, device)
         tracker.log_model(best_model, val_loader.images[:1].float().div(255).cpu().numpy())
-    # after the run has ended: a tracking server that was down may only have received the run just now
-    record = {"architecture": architecture, "task": task, "run_id": tracker.run_id,
-              "parent_run_id": tracker.parent_run_id, "model_uri": tracker.model_uri}
+    record = {"architecture": architecture, "task": task, "run_key": tracker.run_key,
+              "tracking": "off" if tracker.run_key is None else "live" if params.tracking.live else "deferred"}
 
     io.write_json(paths.history(architecture, task), {
         "architecture": architecture, "task": task, "monitor": result.monitor, "best_epoch": result.best_epoch,

@@ -1,8 +1,9 @@
 """MLflow implementation of the tracking interface: runs, parameters, metrics and logged models.
 
-A training run's calls go through :class:`BufferedTracker`: what the tracking server cannot take because it is
-down or unreachable is spooled on local disk (:mod:`segpipe.tracking.spool`) and sent, in order, when the server
-answers again, at the end of the run, or later by ``segpipe sync`` (:func:`sync_spools`).
+A live training run's calls go through :class:`BufferedTracker`: what the tracking server cannot take because it
+is down or unreachable is spooled on local disk (:mod:`segpipe.tracking.spool`) and sent, in order, when the server
+answers again, at the end of the run, or later by ``segpipe sync`` (:func:`sync_spools`). A deferred run
+(:mod:`segpipe.tracking.deferred`) spools every call, and :func:`sync_spools` sends it the same way.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import dataclasses
 import importlib.metadata
 import math
 import os
-import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,14 +26,17 @@ import numpy as np
 import torch
 from mlflow.entities import Metric, Param
 from mlflow.models import infer_signature
-from mlflow.tracking.context.registry import resolve_tags
 from torch import nn
 
 from segpipe.config import TrackingParams
 from segpipe.redact import redact_uri
+from segpipe.tracking.context import MODEL_URI_TAG, PIPELINE_TAG, RUN_KEY_TAG, experiment_name, git_commit, pipeline_key
+from segpipe.tracking.deferred import start_record, torch_model_example_path
 from segpipe.tracking.spool import (
-    Progress, Spool, fail_fast, is_unreachable, new_spool_path, spool_dir, unreachable_reason,
+    Progress, ServerUnreachable, Spool, fail_fast, is_unreachable, new_spool_path, spool_dir, unreachable_reason,
 )
+
+__all__ = ["RunRef", "ServerUnreachable", "experiment_name", "find_runs", "pipeline_key", "start_run", "sync_spools"]
 
 #: What a logged model needs, pinned to the versions installed here (what it was trained and checked with).
 MODEL_PIP_REQUIREMENTS = [
@@ -51,18 +55,6 @@ SYNC_COMMAND = "segpipe sync"
 def tracking_uri(params: TrackingParams) -> str:
     """``MLFLOW_TRACKING_URI`` wins over params, so the same pipeline can point at an ``mlflow server``."""
     return os.environ.get("MLFLOW_TRACKING_URI") or params.uri
-
-
-def experiment_name(dataset: str) -> str:
-    return f"segpipe-{dataset}"
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip()
 
 
 @dataclass
@@ -124,55 +116,21 @@ def _installed_requirements_trusted() -> Iterator[None]:
         mlflow_requirements._check_requirement_satisfied = original
 
 
-PIPELINE_TAG = "segpipe.pipeline"
-PIPELINE_ENV = "SEGPIPE_PIPELINE_RUN"
-
-
-def _dvc_ancestor() -> str | None:
-    """``<pid>-<start time>`` of the ``dvc repro`` / ``dvc exp`` process running this stage (Linux ``/proc``)."""
-    pid = os.getppid()
-    for _ in range(8):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat.rsplit(")", 1)[1].split()
-        if any(Path(part.decode(errors="replace")).name == "dvc" for part in cmdline[:2]):
-            return f"{pid}-{fields[19]}"  # field 22 of stat: start time since boot
-        pid = int(fields[1])  # field 4: parent pid
-        if pid <= 1:
-            return None
-    return None
-
-
-def pipeline_key(config_digest: str) -> str:
-    """Identifies one pipeline execution: ``$SEGPIPE_PIPELINE_RUN``, else the ``dvc`` process that runs the
-    stages, else (a stage run by hand) the code commit + params + data digest."""
-    explicit = os.environ.get(PIPELINE_ENV)
-    if explicit:
-        return explicit
-    ancestor = _dvc_ancestor()
-    if ancestor:
-        return f"dvc-{ancestor}"
-    return f"config-{git_commit()[:12]}-{config_digest[:12]}"
-
-
-def pipeline_parent(client: mlflow.MlflowClient, experiment_id: str, key: str, tags: Mapping[str, str]) -> str:
-    """The parent run of pipeline execution ``key`` in the experiment, created on first use."""
+def pipeline_parent(client: mlflow.MlflowClient, experiment_id: str, key: str, tags: Mapping[str, str],
+                    start_time: int | None = None) -> str:
+    """The parent run of pipeline execution ``key`` in the experiment, created on first use (starting at
+    ``start_time``, ms, when given: its first child's start)."""
     found = client.search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{key}'", max_results=1)
     if found:
         return found[0].info.run_id
+    started = start_time / 1000 if start_time is not None else time.time()
     run = client.create_run(
         experiment_id,
-        run_name=f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        start_time=start_time,
+        run_name=f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}",
         tags={PIPELINE_TAG: key, "git_commit": git_commit(), **tags},
     )
     return run.info.run_id
-
-
-class ServerUnreachable(RuntimeError):
-    """The tracking server did not answer (connection refused, timed out)."""
 
 
 class RunWriter:
@@ -196,7 +154,11 @@ class RunWriter:
                 case "log_model":
                     path = Path(call["path"])
                     model = mlflow.pytorch.load_model(str(path), map_location="cpu")
-                    self.progress.model_uri = log_pytorch_model(self._run_id(), model, np.load(_example_path(path)))
+                    self._log_model(model, np.load(_example_path(path)))
+                case "log_torch_model":  # a deferred run's model, pickled by torch.save
+                    path = Path(call["path"])
+                    model = torch.load(path, map_location="cpu", weights_only=False)  # our own spool: trusted
+                    self._log_model(model, np.load(torch_model_example_path(path)))
                 case "end_run":
                     self.client.set_terminated(self._run_id(), call["status"], end_time=call["end_time"])
                 case unknown:
@@ -205,39 +167,42 @@ class RunWriter:
     def log_model(self, model: nn.Module, input_example: np.ndarray) -> None:
         """Log a model held in memory (a spool holds a saved copy instead)."""
         with fail_fast(MODEL_TIMEOUT_S):
-            self.progress.model_uri = log_pytorch_model(self._run_id(), model, input_example)
+            self._log_model(model, input_example)
+
+    def _log_model(self, model: nn.Module, input_example: np.ndarray) -> None:
+        """Log the model and tag the run with its URI (how the compare stage finds it)."""
+        self.progress.model_uri = log_pytorch_model(self._run_id(), model, input_example)
+        self.client.set_tag(self._run_id(), MODEL_URI_TAG, self.progress.model_uri)
 
     def _run_id(self) -> str:
         assert self.progress.run_id is not None, "a spool's first call creates or names its run"
         return self.progress.run_id
 
     def _start_run(self, call: Mapping[str, object]) -> None:
-        """Continue run ``resume_run_id`` where the store has it, else create the run (nested under its
-        pipeline's parent run)."""
-        resumed = self._active_run(call["resume_run_id"]) if call["resume_run_id"] else None
+        """Continue the run tagged with the call's run key where the store has it (a resumed training), else
+        create the run (nested under its pipeline's parent run)."""
+        experiment = self.client.get_experiment_by_name(call["experiment"])
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(call["experiment"])
+        resumed = _run_by_key(self.client, experiment_id, str(call["run_key"]))
         if resumed is not None:
             self.client.update_run(resumed.info.run_id, status="RUNNING")
             self.progress.run_id = resumed.info.run_id
             self.progress.parent_run_id = resumed.data.tags.get("mlflow.parentRunId")
             return
-        experiment = self.client.get_experiment_by_name(call["experiment"])
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(call["experiment"])
-        tags = dict(call["tags"])
+        tags = {**call["tags"], RUN_KEY_TAG: call["run_key"]}
         if call["pipeline"] is not None:
             parent_tags = {"dataset": call["dataset"], "git_commit": tags["git_commit"]}
-            self.progress.parent_run_id = pipeline_parent(self.client, experiment_id, call["pipeline"], parent_tags)
+            self.progress.parent_run_id = pipeline_parent(self.client, experiment_id, call["pipeline"], parent_tags,
+                                                          call["start_time"])
             tags["mlflow.parentRunId"] = self.progress.parent_run_id
         run = self.client.create_run(experiment_id, start_time=call["start_time"], tags=tags, run_name=call["run_name"])
         self.progress.run_id = run.info.run_id
 
-    def _active_run(self, run_id: str) -> mlflow.entities.Run | None:
-        try:
-            run = self.client.get_run(run_id)
-        except mlflow.exceptions.MlflowException as error:
-            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return None
-            raise
-        return run if run.info.lifecycle_stage == "active" else None
+
+def _run_by_key(client: mlflow.MlflowClient, experiment_id: str, run_key: str) -> mlflow.entities.Run | None:
+    """The active run tagged with ``run_key`` in the experiment, if any."""
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1)
+    return found[0] if found else None
 
 
 def send_spool(spool: Spool, writer: RunWriter) -> int:
@@ -267,9 +232,10 @@ class BufferedTracker:
     """Tracks one training run through tracking-server outages: a call the server cannot take is spooled, as is
     every later call until the spool is sent (keeping their order); ``run_id`` is None until the run exists."""
 
-    def __init__(self, uri: str, spool: Spool) -> None:
+    def __init__(self, uri: str, spool: Spool, run_key: str) -> None:
         self.uri = uri
         self.spool = spool
+        self.run_key = run_key
         self.writer = RunWriter(mlflow.MlflowClient(uri), Progress())
         self._last_failure = -math.inf
 
@@ -362,21 +328,19 @@ def start_run(
     run_name: str,
     tags: Mapping[str, str],
     pipeline: str | None = None,
-    resume_run_id: str | None = None,
+    run_key: str | None = None,
     spool_path: Path | None = None,
 ) -> Iterator[BufferedTracker]:
-    """A run in experiment ``segpipe-<dataset>``: run ``resume_run_id`` continued if the store has it, else a new
-    run nested under the parent run of pipeline execution ``pipeline`` (see :func:`pipeline_key`) when given.
-    Marked FINISHED at the end, FAILED if the block raises. Calls the server cannot take go to ``spool_path``
-    (default: ``<spool dir>/<run name>-<timestamp>.jsonl``, see :func:`~segpipe.tracking.spool.spool_dir`)."""
+    """Live tracking of run ``run_key`` (default: a new key) in experiment ``segpipe-<dataset>``: the run with that
+    key continued if the store has it (a resumed training), else a new run nested under the parent run of
+    pipeline execution ``pipeline`` (see :func:`pipeline_key`) when given. Marked FINISHED at the end, FAILED if
+    the block raises. Calls the server cannot take go to ``spool_path`` (default: ``<spool dir>/<run
+    name>-<timestamp>.jsonl``, see :func:`~segpipe.tracking.spool.spool_dir`)."""
     uri = tracking_uri(params)
     mlflow.set_tracking_uri(uri)  # mlflow.pytorch.log_model logs to the global tracking URI
-    tracker = BufferedTracker(uri, Spool(spool_path or new_spool_path(run_name)))
-    tracker.start({
-        "op": "start_run", "experiment": experiment_name(dataset), "run_name": run_name, "dataset": dataset,
-        "tags": resolve_tags({"git_commit": git_commit(), **tags}), "pipeline": pipeline,
-        "resume_run_id": resume_run_id, "start_time": _now_ms(),
-    })
+    key = run_key or uuid.uuid4().hex
+    tracker = BufferedTracker(uri, Spool(spool_path or new_spool_path(run_name)), key)
+    tracker.start(start_record(dataset, run_name, tags, pipeline, key))
     status = "FAILED"
     try:
         yield tracker
@@ -412,6 +376,31 @@ def sync_spools(tracking: TrackingParams | str, directory: Path | None = None) -
         spool.remove()
         sent.append((path, writer.progress.run_id))
     return sent
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """Where a training run landed in MLflow."""
+
+    run_id: str
+    parent_run_id: str | None
+    model_uri: str | None
+
+
+def find_runs(tracking: TrackingParams, dataset: str, run_keys: list[str]) -> dict[str, RunRef]:
+    """The runs tagged with ``run_keys`` in experiment ``segpipe-<dataset>``, by key (keys not found are left out)."""
+    uri = tracking_uri(tracking)
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name(experiment_name(dataset))
+    found: dict[str, RunRef] = {}
+    if experiment is None:
+        return found
+    for key in run_keys:
+        run = _run_by_key(client, experiment.experiment_id, key)
+        if run is not None:
+            tags = run.data.tags
+            found[key] = RunRef(run.info.run_id, tags.get("mlflow.parentRunId"), tags.get(MODEL_URI_TAG))
+    return found
 
 
 def finish_parent(params: TrackingParams, parent_run_id: str, metrics: Mapping[str, float], artifacts: list[Path]) -> None:

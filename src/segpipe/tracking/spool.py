@@ -35,6 +35,10 @@ UNREACHABLE = (
 )
 
 
+class ServerUnreachable(RuntimeError):
+    """The tracking server did not answer (connection refused, timed out)."""
+
+
 def spool_dir() -> Path:
     """``$SEGPIPE_TRACKING_SPOOL``, else ``.segpipe/tracking-spool`` under the working directory."""
     return Path(os.environ.get(SPOOL_ENV) or DEFAULT_SPOOL_DIR).absolute()

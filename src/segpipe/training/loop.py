@@ -143,7 +143,7 @@ def fit(
             "history": [dataclasses.asdict(record) for record in result.history],
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
-            "task": task.state_dict(), "rng": capture_rng(), "run_id": tracker.run_id,
+            "task": task.state_dict(), "rng": capture_rng(), "run_key": tracker.run_key,
         })
 
     for epoch in range(first_epoch, settings.epochs + 1):

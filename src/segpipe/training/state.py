@@ -60,9 +60,10 @@ class SavedState:
     payload: dict[str, Any]
 
     @property
-    def run_id(self) -> str | None:
-        """The tracking run the interrupted training logged to (continue it instead of starting another)."""
-        return self.payload.get("run_id")
+    def run_key(self) -> str | None:
+        """The key of the tracking run the interrupted training logged to (continue it instead of starting
+        another)."""
+        return self.payload.get("run_key")
 
 
 class StateStore:

@@ -12,11 +12,9 @@ from torch import nn
 class Tracker(Protocol):
     """Receives a run's parameters, per-step metrics and the final model."""
 
-    run_id: str | None
-    parent_run_id: str | None
-    """The pipeline execution's parent run, where runs are nested (None: not nested, or not tracked)."""
-    model_uri: str | None
-    """The logged model's URI once it is stored (None: none logged, or not stored yet)."""
+    run_key: str | None
+    """Names the run for good, also before it reaches the server and across a resumed training (None: not
+    tracked)."""
 
     def log_params(self, params: Mapping[str, object]) -> None: ...
 
@@ -30,9 +28,7 @@ class Tracker(Protocol):
 class NullTracker:
     """Tracks nothing: for tracking switched off, or hosts without MLflow."""
 
-    run_id: str | None = None
-    parent_run_id: str | None = None
-    model_uri: str | None = None
+    run_key: str | None = None
 
     def log_params(self, params: Mapping[str, object]) -> None:
         return None
