@@ -181,6 +181,10 @@ class TrainParams(_Section):
     """``auto``: channels_last on CUDA, contiguous (NCHW) on the CPU, where it measured faster."""
     compile: bool = False
     """``torch.compile`` the model (worth it on a GPU for long runs; compile time dominates short CPU runs)."""
+    nproc: int = Field(1, ge=1)
+    """Processes per node: above 1 the stage trains data-parallel under ``torchrun`` (``batch_size`` per process)."""
+    sync_batchnorm: bool = False
+    """Under ``torchrun``: BatchNorm statistics over the global batch (``SyncBatchNorm``; CUDA only)."""
 
     @field_validator("architectures")
     @classmethod

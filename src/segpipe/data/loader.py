@@ -25,6 +25,12 @@ class BatchLoader:
     A ``device_augmenter`` (:class:`segpipe.data.device_augment.DeviceAugmenter`) zooms and colour-jitters
     each flipped batch on the device instead.
     ``drop_last`` (for training) skips a final partial batch, since BatchNorm cannot train on one sample.
+
+    Sharded for data-parallel training (``world_size`` processes, this one ``rank``), global batch ``k`` holds
+    the samples, in the order and with the flips, of batch ``k`` of one process with batch ``batch_size ×
+    world_size``, and this rank yields its contiguous ``rank``-th slice of it; every rank has the same number
+    of batches. Augmenters draw per (epoch, global batch, rank) instead: reproducible and resumable, distinct
+    across ranks, but not the draws of a single process.
     """
 
     def __init__(
@@ -39,7 +45,11 @@ class BatchLoader:
         drop_last: bool = False,
         augmenter: SampleAugmenter | None = None,
         device_augmenter: DeviceAugmenter | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not one of the {world_size} ranks")
         self.augmenter = augmenter
         self.device_augmenter = device_augmenter
         self._host_images = np.array(arrays.images)  # copy out of the mmap
@@ -54,8 +64,14 @@ class BatchLoader:
         self.vflip = vflip
         self.seed = seed
         self.epoch = 0
+        self.rank = rank
+        self.world_size = world_size
         count = int(self.masks.shape[0])
-        full, partial = divmod(count, batch_size)
+        global_batch = batch_size * world_size
+        full, partial = divmod(count, global_batch)
+        if world_size > 1 and not (drop_last and full):
+            raise ValueError(f"sharding over {world_size} ranks needs drop_last and at least one global batch "
+                             f"({global_batch} samples; the split has {count})")
         self.num_batches = full if drop_last and full else full + (partial > 0)
 
     def __len__(self) -> int:
@@ -79,9 +95,10 @@ class BatchLoader:
         order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
         flips = torch.rand(count, 2, generator=generator)
         for batch in range(first, self.num_batches):
-            index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            shard = batch * self.world_size + self.rank  # this rank's slice of the global batch (1 process: the batch)
+            index = order[shard * self.batch_size : (shard + 1) * self.batch_size]
             if self.augmenter is not None:
-                self.augmenter.set_epoch(self.epoch, batch)
+                self.augmenter.set_epoch(self.epoch, shard)
                 yield self._augmented(index)
                 continue
             images = self.images[index.to(self.images.device)]
@@ -92,7 +109,7 @@ class BatchLoader:
                 images, masks = _flip_where(images, masks, flips[index, 1] < 0.5, dim=-2)
             images, masks = images.float().div_(255.0), masks.long()
             if self.device_augmenter is not None:
-                images, masks = self.device_augmenter(images, masks, self.epoch, batch)
+                images, masks = self.device_augmenter(images, masks, self.epoch, shard)
             yield images, masks
 
     def _augmented(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

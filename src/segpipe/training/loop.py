@@ -1,6 +1,7 @@
 """The one training loop every architecture and task uses: AdamW, cosine LR, best-on-validation
 checkpointing. The task (:mod:`segpipe.tasks`) supplies inputs, targets, loss and validation metrics.
-Losses stay on the device and are read once per epoch."""
+Losses stay on the device and are read once per epoch. The same loop trains one replica per rank under
+``torchrun`` (:mod:`segpipe.training.distributed`)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from segpipe.data.loader import BatchLoader
 from segpipe.tasks import Task
+from segpipe.training import distributed
 from segpipe.training.device import Precision
+from segpipe.training.distributed import SINGLE_PROCESS, DistributedContext
 from segpipe.training.state import SavedState, StateStore, capture_rng, restore_rng
 from segpipe.training.tracker import Tracker
 
@@ -75,6 +79,7 @@ def fit(
     on_best: Callable[[nn.Module, EpochRecord], None],
     states: StateStore | None = None,
     resume: SavedState | None = None,
+    context: DistributedContext = SINGLE_PROCESS,
 ) -> TrainResult:
     """Train for ``settings.epochs``; call ``on_best`` whenever the task's monitored metric improves.
 
@@ -82,7 +87,18 @@ def fit(
     ``settings.checkpoint_every_steps`` steps); with ``resume`` (from ``states.latest()``), training
     continues exactly where that state left off. A NaN/Inf loss raises :class:`TrainingDiverged` at the next save or epoch end,
     before anything from the diverged steps is saved.
+
+    Data-parallel (``context`` of several ranks): every rank passes the same arguments, with ``model`` from
+    :func:`~segpipe.training.distributed.wrap_model` (``channels_last=settings.channels_last``),
+    ``train_loader`` sharded for its rank and ``resume`` the same state. The main rank alone saves states, calls ``on_best`` and the tracker and shows progress;
+    the train loss is averaged over the ranks and every rank validates the whole split on the plain model,
+    so every rank returns the same result (and raises :class:`TrainingDiverged` together).
     """
+    replicas = (isinstance(model, DistributedDataParallel), train_loader.rank, train_loader.world_size)
+    if replicas != (context.is_distributed, context.rank, context.world_size):
+        raise ValueError(f"{settings.label}: for rank {context.rank} of {context.world_size}, wrap the model with "
+                         f"distributed.wrap_model and shard the train loader with the same rank and world size")
+    plain = distributed.unwrap(model)
     device = train_loader.images.device
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -102,7 +118,7 @@ def fit(
     loss_sum = torch.zeros((), device=device)
     if resume is not None:
         state = resume.payload
-        model.load_state_dict(state["model"])
+        plain.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["scheduler"])
         task.load_state_dict(state["task"])
@@ -111,18 +127,25 @@ def fit(
         loss_sum = state["loss_sum"].to(device)
         result.best_epoch, result.best_score, result.seconds = state["best_epoch"], state["best_score"], state["seconds"]
         result.history = [EpochRecord(**record) for record in state["history"]]
-        tqdm.write(f"{settings.label}: resuming from {resume.path} (epoch {first_epoch}, batch {first_batch}/{steps_per_epoch})")
+        if context.is_main:
+            tqdm.write(f"{settings.label}: resuming from {resume.path} "
+                       f"(epoch {first_epoch}, batch {first_batch}/{steps_per_epoch})")
     steps_done = torch.zeros((), dtype=torch.int64, device=device)
-    first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+    no_bad_step = steps_per_epoch + 1  # first_bad_step while every loss is finite (the minimum over ranks works)
+    first_bad_step = torch.full((), no_bad_step, dtype=torch.int64, device=device)
     started = time.perf_counter()
 
     def global_step(epoch: int, batch: int) -> int:
         return (epoch - 1) * steps_per_epoch + batch
 
-    def check_finite(epoch: int, batch_done: int, loss_total: torch.Tensor) -> float:
-        """One host sync: the loss total so far, or :class:`TrainingDiverged` naming the first bad step."""
-        total, bad = torch.stack([loss_total, first_bad_step.to(loss_total.dtype)]).tolist()
-        if bad >= 0:
+    def check_finite(epoch: int, loss_total: torch.Tensor) -> float:
+        """One host sync: the loss total so far (the ranks' mean), or :class:`TrainingDiverged` naming the first
+        bad step of any rank."""
+        total, bad = torch.stack([
+            distributed.mean_across_ranks(loss_total, context),
+            distributed.min_across_ranks(first_bad_step, context).to(loss_total.dtype),
+        ]).tolist()
+        if bad < no_bad_step:
             bad_step = global_step(epoch, first_batch_of_epoch) + int(bad)
             bad_epoch, bad_batch = divmod(bad_step - 1, steps_per_epoch)
             kept = f"; the last good training state is in {states.folder}" if states is not None else ""
@@ -133,15 +156,15 @@ def fit(
             )
         return total
 
-    def save_state(epoch: int, batch: int, loss_total: torch.Tensor) -> None:
-        if states is None:
+    def save_state(epoch: int, batch: int, loss_total: float) -> None:
+        if states is None or not context.is_main:
             return
         states.save(global_step(epoch, batch), {
-            "epoch": epoch, "batch": batch, "loss_sum": loss_total.detach().cpu(),
+            "epoch": epoch, "batch": batch, "loss_sum": torch.tensor(loss_total),
             "best_epoch": result.best_epoch, "best_score": result.best_score,
             "seconds": result.seconds + time.perf_counter() - started,
             "history": [dataclasses.asdict(record) for record in result.history],
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "model": {k: v.detach().cpu() for k, v in plain.state_dict().items()},
             "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(),
             "task": task.state_dict(), "rng": capture_rng(), "run_key": tracker.run_key,
         })
@@ -158,7 +181,8 @@ def fit(
         bar = tqdm(
             train_loader.batches(first_batch_of_epoch),
             desc=f"{settings.label} epoch {epoch}/{settings.epochs}",
-            disable=None if settings.progress else True,  # None: only on a terminal, not in CI logs
+            # None: only on a terminal, not in CI logs
+            disable=None if settings.progress and context.is_main else True,
             leave=False,
             unit="batch",
             initial=first_batch_of_epoch,
@@ -177,26 +201,29 @@ def fit(
             loss = loss.detach()
             loss_sum += loss
             steps_done += 1
-            first_bad_step.copy_(torch.where(~torch.isfinite(loss) & (first_bad_step < 0), steps_done, first_bad_step))
+            first_bad = ~torch.isfinite(loss) & (first_bad_step == no_bad_step)
+            first_bad_step.copy_(torch.where(first_bad, steps_done, first_bad_step))
             every = settings.checkpoint_every_steps
             if states is not None and every and global_step(epoch, batch) % every == 0 and batch < steps_per_epoch:
-                check_finite(epoch, batch, loss_sum)
-                save_state(epoch, batch, loss_sum)
-        train_loss = check_finite(epoch, steps_per_epoch, loss_sum) / steps_per_epoch  # the epoch's one host sync
+                save_state(epoch, batch, check_finite(epoch, loss_sum))
+        train_loss = check_finite(epoch, loss_sum) / steps_per_epoch  # the epoch's one host sync
         train_seconds = time.perf_counter() - epoch_start
+        distributed.broadcast_buffers(model, context)  # every rank validates the model the main rank saves
         with autocast():
-            validation = task.validate(model, val_loader)
+            validation = task.validate(plain, val_loader)
         record = EpochRecord(epoch, train_loss, lr, time.perf_counter() - epoch_start, train_seconds, validation)
         result.history.append(record)
-        tracker.log_metrics({"train_loss": train_loss, **validation, "lr": lr}, step=epoch)
-        if settings.progress:
+        if context.is_main:
+            tracker.log_metrics({"train_loss": train_loss, **validation, "lr": lr}, step=epoch)
+        if settings.progress and context.is_main:
             scores = " ".join(f"{key} {value:.4f}" for key, value in validation.items())
             tqdm.write(f"{settings.label} epoch {epoch}/{settings.epochs}: train_loss {train_loss:.4f} {scores} "
                        f"({record.seconds:.1f}s)")
         score = validation[task.monitor]
         if score > result.best_score:
             result.best_epoch, result.best_score = epoch, score
-            on_best(model, record)
-        save_state(epoch + 1, 0, torch.zeros(()))  # after the best checkpoint, so a resume never skips one
+            if context.is_main:
+                on_best(plain, record)
+        save_state(epoch + 1, 0, 0.0)  # after the best checkpoint, so a resume never skips one
     result.seconds += time.perf_counter() - started
     return result
