@@ -1,19 +1,22 @@
 """DVC stages `train@<architecture>` and `denoise_train@<architecture>`: train one architecture for one task,
-checkpoint the best epoch, track it in MLflow."""
+checkpoint the best epoch, track it in MLflow. With `train.nproc` > 1 the stage relaunches itself under torchrun
+(data-parallel on that many processes)."""
 
 import sys
+from pathlib import Path
 
 from segpipe.cli import stage_main
 from segpipe.stages.train import run_train
+from segpipe.training import distributed
 
 
 def main(argv=None) -> int:
-    return stage_main(
-        __doc__,
-        lambda params, paths, args: run_train(params, args.architecture, paths, task=args.task),
-        argv,
-        with_architecture=True,
-    )
+    def train(params, paths, args):
+        if distributed.needs_torchrun(params.train.nproc):
+            distributed.exec_torchrun(Path(__file__), sys.argv[1:] if argv is None else argv, params.train.nproc)
+        return run_train(params, args.architecture, paths, task=args.task)
+
+    return stage_main(__doc__, train, argv, with_architecture=True)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from segpipe.paths import ProjectPaths
 from segpipe.stages.register import run_register
 from segpipe.tracking.mlflow_tracking import find_runs, sync_spools
 from segpipe.training.checkpoint import load_checkpoint
+from tiny_project import ROOT, make_tiny_project
 
-ROOT = Path(__file__).resolve().parents[1]
 TRAIN_IN_A_FRESH_PROCESS = """
 import runpy, sys
 sys.argv = ["train.py", "--root", {root!r}, "--params", {params!r}, "--architecture", "unet"]
@@ -39,18 +39,7 @@ assert not imported, "the deferred train stage imported " + ", ".join(imported[:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A tiny project whose unet was trained by the train stage in a fresh process, with deferred tracking."""
-    from segpipe.data.prepare import prepare_dataset
-    from segpipe.validation import validate_prepared
-
-    project = tmp_path_factory.mktemp("deferred")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["prepare"].update(image_size=[32, 32], splits={"train": 16, "val": 4, "test": 4})
-    params["train"].update(architectures=["unet"], epochs=2, batch_size=4, augment={"hflip": True})
-    params["train"]["models"] = {"unet": {"depth": 2, "base_channels": 4}}
-    params["tracking"] = {"enabled": True, "uri": "sqlite:///mlflow.db", "live": False}
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    prepare_dataset(parse_params(params).prepare, project / "data" / "prepared")
-    validate_prepared(project / "data" / "prepared", project / "reports" / "validation" / "summary.json")
+    project = make_tiny_project(tmp_path_factory.mktemp("deferred"), tracking={"live": False})
     code = TRAIN_IN_A_FRESH_PROCESS.format(root=str(project), params=str(project / "params.yaml"),
                                            script=str(ROOT / "pipelines" / "train.py"))
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "SEGPIPE_PIPELINE_RUN": "deferred-test"}

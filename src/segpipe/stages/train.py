@@ -23,7 +23,9 @@ from segpipe.paths import ProjectPaths
 from segpipe.tasks import Task, TaskName
 from segpipe.tasks.denoise import Corruption, DenoiseTask
 from segpipe.tasks.segment import SegmentTask
+from segpipe.training import distributed
 from segpipe.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from segpipe.training.distributed import DistributedContext
 from segpipe.training.device import (
     configure_backends,
     describe_device,
@@ -76,12 +78,12 @@ def _tracking(
         yield tracker
 
 
-def make_task(params: Params, task: TaskName, info: DatasetInfo, device: torch.device) -> Task:
+def make_task(params: Params, task: TaskName, info: DatasetInfo, device: torch.device, rank: int = 0) -> Task:
     """The task object the loop trains with, from params and the prepared dataset."""
     if task == "segment":
         return SegmentTask(info.num_classes, info.ignore_index)
     settings = params.denoise
-    generator = torch.Generator(device=device).manual_seed(params.train.seed)
+    generator = torch.Generator(device=device).manual_seed(params.train.seed + rank)  # own noise per rank
     return DenoiseTask(Corruption.from_params(settings), settings.loss, generator)
 
 
@@ -97,16 +99,25 @@ def run_name(architecture: str, task: TaskName) -> str:
 def run_train(
     params: Params, architecture: str, paths: ProjectPaths, progress: bool = True, task: TaskName = "segment"
 ) -> TrainResult:
-    """Train ``architecture`` for ``task``; write ``checkpoint``, ``history.json`` and ``run.json`` to its model dir."""
+    """Train ``architecture`` for ``task``; write ``checkpoint``, ``history.json`` and ``run.json`` to its model dir.
+
+    Under ``torchrun`` every rank runs this (data-parallel, ``train.batch_size`` per rank); the main rank alone
+    writes files and tracks the run."""
     listed = _listed_architectures(params, task)
     if architecture not in listed:
         section = "train" if task == "segment" else task
         raise ValueError(f"{architecture!r} is not in {section}.architectures {listed}")
     require_passed(paths.validation_summary)
+    with distributed.session(resolve_device(params.train.device)) as context:
+        return _train(params, architecture, paths, progress, task, context)
+
+
+def _train(params: Params, architecture: str, paths: ProjectPaths, progress: bool, task: TaskName,
+           context: DistributedContext) -> TrainResult:
     info = DatasetInfo.load(paths.prepared)
     settings = params.train
     seed_everything(settings.seed)
-    device = resolve_device(settings.device)
+    device = context.local_device(resolve_device(settings.device))
     configure_backends(device, settings.deterministic)
     options = settings.model_options(architecture)
     if task == "segment":
@@ -117,7 +128,9 @@ def run_train(
         out_channels = IMAGE_CHANNELS
     model = model.to(device)
     check_image_size(architecture, model.output_stride, info.image_size)
-    objective = make_task(params, task, info, device)
+    channels_last = resolve_channels_last(settings.memory_format, device)
+    replica = distributed.wrap_model(model, context, settings.sync_batchnorm, channels_last)
+    objective = make_task(params, task, info, device, context.rank)
     epochs = settings.epochs if task == "segment" else params.denoise.epochs
 
     augmenter = None
@@ -131,7 +144,7 @@ def run_train(
     train_loader = BatchLoader(
         load_split(paths.prepared, "train"), settings.batch_size, device, shuffle=True,
         hflip=settings.augment.hflip, vflip=settings.augment.vflip, seed=settings.seed, drop_last=True,
-        augmenter=augmenter, device_augmenter=device_augmenter,
+        augmenter=augmenter, device_augmenter=device_augmenter, rank=context.rank, world_size=context.world_size,
     )
     val_loader = BatchLoader(load_split(paths.prepared, "val"), settings.batch_size, device)
     checkpoint_path = paths.checkpoint(architecture, task)
@@ -152,11 +165,14 @@ def run_train(
     label = run_name(architecture, task)
     config_digest = hashlib.sha256(f"{data_hash}:{params.model_dump_json()}".encode()).hexdigest()
     states = StateStore(paths.training_states(architecture, task), f"{config_digest}:{architecture}:{task}")
-    if settings.resume == "never":
+    if settings.resume == "never" and context.is_main:
         states.clear()
-    resume = states.latest()
+    # the main rank's state on every rank: other nodes need not share its disk
+    resume = distributed.broadcast_from_main(states.latest() if context.is_main else None, context)
     run_key = (resume.run_key if resume else None) or uuid.uuid4().hex
-    with _tracking(params, info.name, label, tags, config_digest, run_key) as tracker:
+    tracking = (_tracking(params, info.name, label, tags, config_digest, run_key) if context.is_main
+                else contextlib.nullcontext(NullTracker()))
+    with tracking as tracker:
         tracker.log_params({
             "arch": architecture, "family": family, "task": task, "dataset": info.name, "epochs": epochs,
             "upsample": options.get("upsample", "n/a"),
@@ -168,10 +184,12 @@ def run_train(
         loop = LoopSettings(
             epochs, settings.lr, settings.weight_decay, progress=progress, label=label,
             precision=resolve_precision(settings.precision, device),
-            channels_last=resolve_channels_last(settings.memory_format, device),
+            channels_last=channels_last,
             compile=settings.compile, checkpoint_every_steps=settings.checkpoint_every_steps,
         )
-        result = fit(model, train_loader, val_loader, objective, loop, tracker, on_best, states, resume)
+        result = fit(replica, train_loader, val_loader, objective, loop, tracker, on_best, states, resume, context)
+        if not context.is_main:
+            return result
         tracker.log_metrics({f"best_{result.monitor}": result.best_score, "best_epoch": result.best_epoch,
                              "train_seconds": result.seconds})
         best_model, _ = load_checkpoint(checkpoint_path, device)
