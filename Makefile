@@ -1,5 +1,5 @@
 # The README's commands. Each sets everything up itself (scripts/setup.sh, idempotent).
-.PHONY: setup repro test promote retrain
+.PHONY: setup repro test promote retrain server
 
 VENV ?= .venv
 ACTIVATE = . $(VENV)/bin/activate
@@ -28,3 +28,14 @@ retrain: setup
 	  && dvc repro \
 	  && segpipe promote $(PROMOTE_FLAGS) \
 	  && dvc push
+
+# A team MLflow server (README: Scaling out), e.g.
+#   make server BACKEND=postgresql://USER:PASSWORD@HOST:5432/mlflow ARTIFACTS=/srv/mlflow/artifacts SERVER_HOST=0.0.0.0
+# BACKEND / ARTIFACTS default to $MLFLOW_BACKEND_STORE_URI / $MLFLOW_ARTIFACTS_DESTINATION: set in the
+# environment rather than on the make command line, the database password stays out of `ps`.
+SERVER_HOST ?= 127.0.0.1
+SERVER_PORT ?= 5000
+server: setup
+	@$(ACTIVATE) && export MLFLOW_BACKEND_STORE_URI="$${BACKEND:-$${MLFLOW_BACKEND_STORE_URI:-}}" \
+	  MLFLOW_ARTIFACTS_DESTINATION="$${ARTIFACTS:-$${MLFLOW_ARTIFACTS_DESTINATION:-}}" \
+	  && exec segpipe server --host "$(SERVER_HOST)" --port "$(SERVER_PORT)"

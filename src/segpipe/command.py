@@ -6,12 +6,14 @@
     segpipe sync               # send tracking buffered while the MLflow server was down
     segpipe import-run DIR     # log + register a GPU run folder after re-checking its best model on the CPU
     segpipe predict IMAGE... --model models:/segpipe-synthetic@champion --out predictions/
+    segpipe server --backend-store-uri postgresql://... --artifacts-destination DIR  # a team MLflow server
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,6 +97,13 @@ def _import_run(args: argparse.Namespace) -> None:
     print(imported.summary())
 
 
+def _server(args: argparse.Namespace) -> None:
+    from segpipe.server import ServerSettings, serve
+
+    serve(ServerSettings(args.backend_store_uri, args.artifacts_destination, args.host, args.port, args.workers,
+                         tuple(host.strip() for host in args.allowed_hosts.split(",") if host.strip())))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
@@ -127,6 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="run at this size (e.g. the training size)")
     predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     predict.set_defaults(run=_predict)
+    server = commands.add_parser("server", help="run a team MLflow server: runs in PostgreSQL, artifacts served by it")
+    server.add_argument("--backend-store-uri", default=os.environ.get("MLFLOW_BACKEND_STORE_URI", ""),
+                        help="postgresql://USER:PASSWORD@HOST:5432/DATABASE (or another SQLAlchemy URI); "
+                        "default: $MLFLOW_BACKEND_STORE_URI, which keeps the password off the command line")
+    server.add_argument("--artifacts-destination", default=os.environ.get("MLFLOW_ARTIFACTS_DESTINATION", ""),
+                        help="a folder or s3://BUCKET/PREFIX (default: $MLFLOW_ARTIFACTS_DESTINATION)")
+    server.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1, this machine "
+                        "only; 0.0.0.0 for all: the server has no authentication)")
+    server.add_argument("--port", type=int, default=5000, help="default: 5000")
+    server.add_argument("--workers", type=int, default=4, help="server worker processes (default: 4)")
+    server.add_argument("--allowed-hosts", default="", metavar="HOST[,HOST...]",
+                        help="more host names clients may use (localhost, private IPs and, with --host, this "
+                        "machine's name always work); MLflow's patterns, e.g. mlflow.example.org,*.example.org:*")
+    server.set_defaults(run=_server)
     return parser
 
 
