@@ -22,6 +22,7 @@ from segpipe.registry import register_version
 from segpipe.stages.compare import majority_class_row
 from segpipe.stages.evaluate import run_evaluate
 from segpipe.stages.train import run_train
+from segpipe.tracking.mlflow_tracking import sent_run
 from segpipe.validation import validate_prepared
 
 CAMVID = os.environ.get("SEGPIPE_CAMVID")
@@ -81,7 +82,9 @@ def test_short_camvid_training_beats_the_majority_class_and_its_champion_predict
     assert record["test_miou"] > 2 * majority["test_miou"], (record["test_miou"], majority["test_miou"])
     assert pd.notna(record["test_pixel_acc"]) and record["test_pixel_acc"] > majority["test_pixel_acc"]
 
-    register_version(params.tracking, info.name, record, "test_miou", "challenger")
+    run = sent_run(params.tracking, info.name, record["run_key"])  # as compare does: send, then find the run
+    register_version(params.tracking, info.name, {**record, "run_id": run.run_id, "model_uri": run.model_uri},
+                     "test_miou", "challenger")
     decision = promote(params, paths)
     assert decision.promoted and decision.baseline == "majority_class", decision.reason
     image = sorted((Path(CAMVID) / "test" / "images").glob("*.png"))[0]

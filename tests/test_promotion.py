@@ -17,7 +17,7 @@ from segpipe.promotion import CHAMPION, HISTORY_TAG, miou_of, paired_bootstrap, 
 from segpipe.registry import register_version
 from segpipe.stages.evaluate import run_evaluate
 from segpipe.stages.train import run_train
-from segpipe.tracking.mlflow_tracking import find_runs, sync_spools
+from segpipe.tracking.mlflow_tracking import sent_run
 from segpipe.validation import validate_prepared
 
 NAME = "segpipe-folder"
@@ -70,8 +70,7 @@ def registry(tmp_path_factory, monkeypatch_module):
     for params in (weak, strong):
         run_train(params, "unet", paths, progress=False)
         record = run_evaluate(params, "unet", paths)
-        sync_spools(params.tracking)  # what the compare stage does first: send the spooled training run
-        run = find_runs(params.tracking, "folder", [record["run_key"]])[record["run_key"]]
+        run = sent_run(params.tracking, "folder", record["run_key"])  # as compare does: send, then find the run
         record = {**record, "run_id": run.run_id, "model_uri": run.model_uri}
         versions.append(register_version(params.tracking, "folder", record, "test_miou", "challenger").version)
     mlflow.set_tracking_uri(strong.tracking.uri)

@@ -403,6 +403,16 @@ def find_runs(tracking: TrackingParams, dataset: str, run_keys: list[str]) -> di
     return found
 
 
+def sent_run(tracking: TrackingParams, dataset: str, run_key: str) -> RunRef:
+    """Run ``run_key`` in MLflow, after sending whatever is spooled (for code that trains and registers through
+    the library, without the compare stage)."""
+    sync_spools(tracking)
+    found = find_runs(tracking, dataset, [run_key])
+    if run_key not in found:
+        raise ValueError(f"no run with key {run_key} in {redact_uri(tracking_uri(tracking))}: train with tracking on")
+    return found[run_key]
+
+
 def finish_parent(params: TrackingParams, parent_run_id: str, metrics: Mapping[str, float], artifacts: list[Path]) -> None:
     """Log the pipeline's summary to its parent run and mark the parent FINISHED."""
     mlflow.set_tracking_uri(tracking_uri(params))
