@@ -104,3 +104,33 @@ def test_register_refuses_a_leaderboard_row_without_a_logged_model(tmp_path):
     with pytest.raises(ValueError, match=r"no model_uri for unet.*dvc repro -f train@unet"):
         run_register(parse_params({"tracking": {"enabled": True}}), paths)
     assert not paths.registry_record.exists()
+
+
+def test_a_queued_experiments_stage_tracks_into_the_repository_not_its_temporary_copy(tmp_path, monkeypatch):
+    """DVC runs a queued experiment in ``<repo>/.dvc/tmp/exps/<tmp>`` and deletes it afterwards: the relative
+    default store, the experiment's artifacts and the spools belong to the repository."""
+    from segpipe.config import TrackingParams
+    from segpipe.tracking.context import project_root
+    from segpipe.tracking.mlflow_tracking import start_run, tracking_uri
+    from segpipe.tracking.spool import spool_dir
+
+    repo = tmp_path / "repo"
+    copy = repo / ".dvc" / "tmp" / "exps" / "tmpq1w2e3"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("SEGPIPE_TRACKING_SPOOL", raising=False)
+    assert project_root() == repo and spool_dir() == repo / ".segpipe" / "tracking-spool"
+    params = TrackingParams()  # sqlite:///mlflow.db
+    assert tracking_uri(params) == f"sqlite:///{repo / 'mlflow.db'}"
+    assert tracking_uri(TrackingParams(uri="sqlite:////srv/mlflow.db")) == "sqlite:////srv/mlflow.db"
+    with start_run(params, "toy", "unet", {}) as tracker:
+        tracker.log_metrics({"val_miou": 0.5}, step=1)
+    assert (repo / "mlflow.db").is_file() and not (copy / "mlflow.db").exists()
+    client = mlflow.MlflowClient(tracking_uri(params))
+    experiment = client.get_experiment_by_name("segpipe-toy")
+    assert experiment.artifact_location == (repo / "mlruns" / "segpipe-toy").as_uri()
+
+    monkeypatch.chdir(repo)  # outside a queued experiment nothing is rewritten
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exports what it is given
+    assert project_root() == repo and tracking_uri(params) == "sqlite:///mlflow.db"

@@ -94,6 +94,9 @@ def test_all_stages_write_their_outputs(project):
     assert board["test_miou"].is_monotonic_decreasing
     assert set(board.loc[board["architecture"] == "smp_unet", "family"]) == {"baseline"}
     assert set(board.loc[board["architecture"] == "unet", "family"]) == {"seed"}
+    summary = json.loads((project / "reports/leaderboard.json").read_text())  # a DVC metrics file for sweeps
+    assert summary["best_architecture"] == board.loc[board["family"] != "reference", "architecture"].iloc[0]
+    assert summary["best_test_miou"] == max(summary["test_miou"].values()) and set(summary["test_miou"]) == set(ARCHITECTURES)
     markdown = (project / "reports/leaderboard.md").read_text()
     assert all(f"| {name} |" in markdown for name in ARCHITECTURES)
     assert (project / "reports/plots/leaderboard.png").stat().st_size > 1000

@@ -41,6 +41,12 @@ class ProjectPaths:
         return self.reports / "leaderboard.md"
 
     @property
+    def leaderboard_summary(self) -> Path:
+        """The leaderboard's best model and each model's score: a DVC metrics file, so ``dvc exp show`` can sort
+        experiments over different architectures by one column."""
+        return self.reports / "leaderboard.json"
+
+    @property
     def promotion_record(self) -> Path:
         return self.reports / "promotion.json"
 

@@ -33,6 +33,7 @@ from segpipe.models import available_architectures
 from segpipe.registry import RegisteredVersion, register_version, registered_model_name
 from segpipe.tasks.segment import evaluate_split
 from segpipe.tracking.mlflow_tracking import MlflowTracker, experiment_name, tracking_uri
+from segpipe.tracking.mlflow_tracking import experiment_id as mlflow_experiment_id  # the name is taken here
 
 MIOU_TOLERANCE = 0.005
 """0.5 mIoU points: bf16 autocast / TF32 on the GPU against fp32 on the CPU stays well inside it."""
@@ -309,7 +310,7 @@ def import_run(run_dir: Path, pack: Path, tracking: TrackingParams, alias: str =
             f"{METRICS_FILE} records {recorded:.4f} (difference {abs(cpu_miou - recorded):.4f} > {tolerance}); "
             f"nothing was registered. The record or the weights were altered, or do not belong together")
 
-    experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+    experiment_id = mlflow_experiment_id(client, experiment)
     shared_tags = {GPU_RUN_TAG: run["run_id"], "dataset": folder.dataset, "data_hash": run["data"]["sha256"][:20],
                    "device": folder.device, "gpu_name": env["gpu_name"] or "none",
                    "torch_version": env["torch_version"], "python_version": env["python_version"]}

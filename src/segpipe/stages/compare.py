@@ -166,6 +166,12 @@ def run_compare(params: Params, paths: ProjectPaths) -> pd.DataFrame:
     everything = [*records, majority_class_row(paths.prepared, info)]
     frame = leaderboard_frame(everything, metric)
     io.write_text(paths.leaderboard_csv, frame.to_csv(index=False, float_format="%.6g"))
+    models = frame[frame["family"] != "reference"]
+    io.write_json(paths.leaderboard_summary, {
+        "best_architecture": str(models["architecture"].iloc[0]) if len(models) else None,
+        f"best_{metric}": float(models[metric].iloc[0]) if len(models) else None,
+        metric: {str(name): float(value) for name, value in zip(models["architecture"], models[metric])},
+    })
     markdown = leaderboard_markdown(frame, everything, info.class_names, info.name, metric)
     denoisers = denoise_frame(denoise_records)
     io.write_text(paths.denoise_leaderboard_csv, denoisers.to_csv(index=False, float_format="%.6g"))

@@ -18,6 +18,18 @@ MODEL_URI_TAG = "segpipe.model_uri"
 """Tag holding the URI of the run's logged model, set once the model is stored."""
 
 
+def project_root(cwd: Path | None = None) -> Path:
+    """The working directory; for a stage of a queued DVC experiment, which runs in a temporary copy
+    (``<repository>/.dvc/tmp/exps/<tmp>``, deleted afterwards), the repository it was queued from, so that its
+    tracking store, artifacts and spools outlive the copy."""
+    here = (cwd or Path.cwd()).absolute()
+    parts = here.parts
+    for index in range(len(parts) - 3, 0, -1):
+        if parts[index : index + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:index])
+    return here
+
+
 def experiment_name(dataset: str) -> str:
     return f"segpipe-{dataset}"
 

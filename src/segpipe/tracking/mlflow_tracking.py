@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -30,7 +31,9 @@ from torch import nn
 
 from segpipe.config import TrackingParams
 from segpipe.redact import redact_uri
-from segpipe.tracking.context import MODEL_URI_TAG, PIPELINE_TAG, RUN_KEY_TAG, experiment_name, git_commit, pipeline_key
+from segpipe.tracking.context import (
+    MODEL_URI_TAG, PIPELINE_TAG, RUN_KEY_TAG, experiment_name, git_commit, pipeline_key, project_root,
+)
 from segpipe.tracking.deferred import start_record, torch_model_example_path
 from segpipe.tracking.spool import (
     Progress, ServerUnreachable, Spool, fail_fast, is_unreachable, new_spool_path, spool_dir, unreachable_reason,
@@ -52,9 +55,31 @@ RETRY_INTERVAL_S = 30.0
 SYNC_COMMAND = "segpipe sync"
 
 
+LOCAL_SQLITE = "sqlite:///"
+
+
 def tracking_uri(params: TrackingParams) -> str:
-    """``MLFLOW_TRACKING_URI`` wins over params, so the same pipeline can point at an ``mlflow server``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or params.uri
+    """``MLFLOW_TRACKING_URI`` wins over params, so the same pipeline can point at an ``mlflow server``. A
+    relative SQLite path is the project's (:func:`~segpipe.tracking.context.project_root`), also for a queued
+    DVC experiment's stage, which runs in a temporary copy."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.uri
+    root = project_root()
+    relative = uri.startswith(LOCAL_SQLITE) and not uri[len(LOCAL_SQLITE) :].startswith("/")
+    if relative and root != Path.cwd().absolute():
+        return f"{LOCAL_SQLITE}{root / uri[len(LOCAL_SQLITE):]}"
+    return uri
+
+
+def experiment_id(client: mlflow.MlflowClient, name: str) -> str:
+    """Experiment ``name``'s id, created on first use; in a local store its artifacts go to the project's
+    ``mlruns/`` (MLflow's default is under the working directory, which a queued DVC experiment deletes)."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    root = project_root()
+    local = not urllib.parse.urlparse(client.tracking_uri).scheme.startswith("http")
+    location = (root / "mlruns" / name).as_uri() if local and root != Path.cwd().absolute() else None
+    return client.create_experiment(name, artifact_location=location)
 
 
 @dataclass
@@ -181,9 +206,8 @@ class RunWriter:
     def _start_run(self, call: Mapping[str, object]) -> None:
         """Continue the run tagged with the call's run key where the store has it (a resumed training), else
         create the run (nested under its pipeline's parent run)."""
-        experiment = self.client.get_experiment_by_name(call["experiment"])
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(call["experiment"])
-        resumed = _run_by_key(self.client, experiment_id, str(call["run_key"]))
+        experiment = experiment_id(self.client, str(call["experiment"]))
+        resumed = _run_by_key(self.client, experiment, str(call["run_key"]))
         if resumed is not None:
             self.client.update_run(resumed.info.run_id, status="RUNNING")
             self.progress.run_id = resumed.info.run_id
@@ -192,10 +216,10 @@ class RunWriter:
         tags = {**call["tags"], RUN_KEY_TAG: call["run_key"]}
         if call["pipeline"] is not None:
             parent_tags = {"dataset": call["dataset"], "git_commit": tags["git_commit"]}
-            self.progress.parent_run_id = pipeline_parent(self.client, experiment_id, call["pipeline"], parent_tags,
+            self.progress.parent_run_id = pipeline_parent(self.client, experiment, call["pipeline"], parent_tags,
                                                           call["start_time"])
             tags["mlflow.parentRunId"] = self.progress.parent_run_id
-        run = self.client.create_run(experiment_id, start_time=call["start_time"], tags=tags, run_name=call["run_name"])
+        run = self.client.create_run(experiment, start_time=call["start_time"], tags=tags, run_name=call["run_name"])
         self.progress.run_id = run.info.run_id
 
 

@@ -23,6 +23,8 @@ from typing import IO
 import requests
 import urllib3
 
+from segpipe.tracking.context import project_root
+
 SPOOL_ENV = "SEGPIPE_TRACKING_SPOOL"
 DEFAULT_SPOOL_DIR = Path(".segpipe/tracking-spool")
 UNREACHABLE = (
@@ -40,8 +42,9 @@ class ServerUnreachable(RuntimeError):
 
 
 def spool_dir() -> Path:
-    """``$SEGPIPE_TRACKING_SPOOL``, else ``.segpipe/tracking-spool`` under the working directory."""
-    return Path(os.environ.get(SPOOL_ENV) or DEFAULT_SPOOL_DIR).absolute()
+    """``$SEGPIPE_TRACKING_SPOOL``, else ``.segpipe/tracking-spool`` under the project (see
+    :func:`~segpipe.tracking.context.project_root`)."""
+    return project_root() / Path(os.environ.get(SPOOL_ENV) or DEFAULT_SPOOL_DIR)
 
 
 def new_spool_path(run_label: str, directory: Path | None = None) -> Path:
