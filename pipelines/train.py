@@ -13,7 +13,8 @@ from segpipe.training import distributed
 def main(argv=None) -> int:
     def train(params, paths, args):
         if distributed.needs_torchrun(params.train.nproc):
-            distributed.exec_torchrun(Path(__file__), sys.argv[1:] if argv is None else argv, params.train.nproc)
+            stage_args = sys.argv[1:] if argv is None else argv
+            distributed.exec_torchrun(distributed.torchrun_command(Path(__file__), stage_args, params.train.nproc))
         return run_train(params, args.architecture, paths, task=args.task)
 
     return stage_main(__doc__, train, argv, with_architecture=True)

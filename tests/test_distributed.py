@@ -295,7 +295,7 @@ def test_a_stage_relaunches_under_torchrun_only_when_it_asks_for_several_process
     assert not distributed.needs_torchrun(2, torchrun)
     executed = []
     monkeypatch.setattr(os, "execv", lambda path, argv: executed.append((path, argv)))
-    distributed.exec_torchrun("pipelines/train.py", ["--architecture", "unet"], 2)
+    distributed.exec_torchrun(distributed.torchrun_command("pipelines/train.py", ["--architecture", "unet"], 2))
     assert executed == [(sys.executable, distributed.torchrun_command("pipelines/train.py",
                                                                       ["--architecture", "unet"], 2))]
 

@@ -192,18 +192,9 @@ def torchrun_command(
     return [*command, str(script), *args]
 
 
-def exec_torchrun(
-    script: str | Path,
-    args: Sequence[str],
-    nproc: int,
-    nnodes: int = 1,
-    node_rank: int = 0,
-    rdzv_endpoint: str | None = None,
-) -> NoReturn:
-    """Replace this process with torchrun running ``script args`` on ``nproc`` processes (see
-    :func:`torchrun_command`): signals reach torchrun, which forwards them to the ranks, and its exit status
-    is this process's."""
-    command = torchrun_command(script, args, nproc, nnodes, node_rank, rdzv_endpoint)
+def exec_torchrun(command: Sequence[str]) -> NoReturn:
+    """Replace this process with ``command`` (from :func:`torchrun_command`): signals reach torchrun, which
+    forwards them to the ranks, and its exit status is this process's."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(command[0], command)
+    os.execv(command[0], list(command))
