@@ -37,7 +37,7 @@ def deferred_spool_path(run_name: str, run_key: str, directory: Path | None = No
     return (directory or spool_dir()) / f"{safe_name}-{run_key}.jsonl"
 
 
-def torch_model_example_path(model_path: Path) -> Path:
+def input_example_path(model_path: Path) -> Path:
     return model_path.with_name(f"{model_path.name}-input-example.npy")
 
 
@@ -65,7 +65,7 @@ class SpoolTracker:
         path = self.spool.models_dir / f"model-{time.time_ns()}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.eval().cpu(), path)
-        np.save(torch_model_example_path(path), input_example)
+        np.save(input_example_path(path), input_example)
         self.spool.append({"op": "log_torch_model", "path": str(path)})
 
 

@@ -34,7 +34,7 @@ from segpipe.redact import redact_uri
 from segpipe.tracking.context import (
     MODEL_URI_TAG, PIPELINE_TAG, RUN_KEY_TAG, experiment_name, git_commit, pipeline_key, project_root,
 )
-from segpipe.tracking.deferred import start_record, torch_model_example_path
+from segpipe.tracking.deferred import input_example_path, now_ms, start_record
 from segpipe.tracking.spool import (
     Progress, ServerUnreachable, Spool, fail_fast, is_unreachable, new_spool_path, spool_dir, unreachable_reason,
 )
@@ -179,11 +179,11 @@ class RunWriter:
                 case "log_model":
                     path = Path(call["path"])
                     model = mlflow.pytorch.load_model(str(path), map_location="cpu")
-                    self._log_model(model, np.load(_example_path(path)))
+                    self._log_model(model, np.load(input_example_path(path)))
                 case "log_torch_model":  # a deferred run's model, pickled by torch.save
                     path = Path(call["path"])
                     model = torch.load(path, map_location="cpu", weights_only=False)  # our own spool: trusted
-                    self._log_model(model, np.load(torch_model_example_path(path)))
+                    self._log_model(model, np.load(input_example_path(path)))
                 case "end_run":
                     self.client.set_terminated(self._run_id(), call["status"], end_time=call["end_time"])
                 case unknown:
@@ -240,14 +240,6 @@ def send_spool(spool: Spool, writer: RunWriter) -> int:
     return len(waiting)
 
 
-def _example_path(model_path: Path) -> Path:
-    return model_path.with_name(f"{model_path.name}-input-example.npy")
-
-
-def _now_ms() -> int:
-    return int(mlflow.utils.time.get_current_time_millis())
-
-
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -282,7 +274,7 @@ class BufferedTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log metrics at ``step``; while calls are spooled, first retry the server (once an epoch)."""
         call = {"op": "log_metrics", "metrics": {key: float(value) for key, value in metrics.items()},
-                "step": step or 0, "timestamp": _now_ms()}
+                "step": step or 0, "timestamp": now_ms()}
         self._call(call, retry_now=True)
 
     def log_model(self, model: nn.Module, input_example: np.ndarray) -> str | None:
@@ -292,7 +284,7 @@ class BufferedTracker:
         path = self.spool.models_dir / f"model-{time.time_ns()}"
         mlflow.pytorch.save_model(model.eval(), str(path), serialization_format="pickle",
                                   pip_requirements=MODEL_PIP_REQUIREMENTS)
-        np.save(_example_path(path), input_example)
+        np.save(input_example_path(path), input_example)
         self.spool.append({"op": "log_model", "path": str(path)})
         return None
 
@@ -302,7 +294,7 @@ class BufferedTracker:
     def finish(self, status: str) -> None:
         """End the run with ``status``, sending what is spooled; if the server is still unreachable, keep the
         spool for ``segpipe sync`` and say where it is."""
-        self._call({"op": "end_run", "status": status, "end_time": _now_ms()}, retry_now=True)
+        self._call({"op": "end_run", "status": status, "end_time": now_ms()}, retry_now=True)
         if self.spool.is_open:
             self.spool.close()
             _say(f"MLflow at {redact_uri(self.uri)} is still unreachable: this run's tracking is kept in {self.spool.path}; "
