@@ -18,7 +18,7 @@ from pathlib import Path
 from segpipe import io
 from segpipe.config import parse_params
 from segpipe.data.prepare import prepare_dataset
-from segpipe.validation import validate_prepared
+from segpipe.data.validation import validate_prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -30,7 +30,7 @@ from segpipe.config import AugmentParams, TrackingParams
 from segpipe.data.cache import SplitArrays
 from segpipe.data.device_augment import DeviceAugmenter
 from segpipe.data.loader import BatchLoader
-from segpipe.gpu.throughput import bare_images_per_second, sync
+from segpipe.training.throughput import bare_images_per_second, sync
 from segpipe.models import available_architectures, build_model, count_params_m
 from segpipe.models.profile import gflops_per_image
 from segpipe.stages.evaluate import inference_images_per_second

@@ -3,7 +3,7 @@ inference speed into reports/metrics/ (denoisers: reports/metrics/denoise/ and e
 
 import sys
 
-from segpipe.cli import stage_main
+from segpipe.stages.entry import stage_main
 from segpipe.stages.evaluate import run_evaluate, run_evaluate_denoise
 
 

@@ -5,7 +5,7 @@
 
 Needs torch, torchvision, timm, numpy, pillow, safetensors, tqdm, pydantic (and smp for the smp baselines); never
 MLflow, DVC or great-expectations. Writes run.json, metrics.json, leaderboard.csv/.md, model.json and the best
-model's bfloat16 safetensors shards into --out (see segpipe.gpu.run); `segpipe import-run` brings them into MLflow.
+model's bfloat16 safetensors shards into --out (see segpipe.remote.run); `segpipe import-run` brings them into MLflow.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)
 
-    from segpipe.gpu.run import ARCHITECTURES, SMOKE_ARCHITECTURES, RunSettings, run_gpu
+    from segpipe.remote.run import ARCHITECTURES, SMOKE_ARCHITECTURES, RunSettings, run_gpu
 
     if args.smoke:
         settings = RunSettings.smoke_preset(args.pack, args.out, args.device,

@@ -2,7 +2,7 @@
 
 import sys
 
-from segpipe.cli import stage_main
+from segpipe.stages.entry import stage_main
 from segpipe.stages.models_table import run_models_table
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from segpipe.data.pack import CAMVID_SIZE, DEFAULT_QUALITY, MAX_PACK_MIB, build_pack
+from segpipe.remote.bundle import CAMVID_SIZE, DEFAULT_QUALITY, MAX_PACK_MIB, build_pack
 
 
 def main(argv: list[str] | None = None) -> int:

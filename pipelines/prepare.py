@@ -5,7 +5,7 @@ source into `prepare.root`, once; nothing is downloaded otherwise."""
 
 import sys
 
-from segpipe.cli import stage_main
+from segpipe.stages.entry import stage_main
 from segpipe.data.prepare import prepare_dataset
 
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from segpipe.cli import stage_main
+from segpipe.stages.entry import stage_main
 from segpipe.stages.register import run_register
 
 

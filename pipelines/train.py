@@ -5,7 +5,7 @@ checkpoint the best epoch, track it in MLflow. With `train.nproc` > 1 the stage 
 import sys
 from pathlib import Path
 
-from segpipe.cli import stage_main
+from segpipe.stages.entry import stage_main
 from segpipe.stages.train import run_train
 from segpipe.training import distributed
 

@@ -12,18 +12,18 @@ import pytest
 import yaml
 from PIL import Image
 
-from segpipe.command import main
+from segpipe.cli import main
 from segpipe.config import parse_params
 from segpipe.data.cache import load_split
 from segpipe.data.manifest import DatasetInfo, read_manifest
 from segpipe.paths import ProjectPaths
-from segpipe.promotion import promote
-from segpipe.registry import register_version
+from segpipe.registry.promotion import promote
+from segpipe.registry.versions import register_version
 from segpipe.stages.compare import majority_class_row
 from segpipe.stages.evaluate import run_evaluate
 from segpipe.stages.train import run_train
 from segpipe.tracking.mlflow_tracking import sent_run
-from segpipe.validation import validate_prepared
+from segpipe.data.validation import validate_prepared
 
 CAMVID = os.environ.get("SEGPIPE_CAMVID")
 pytestmark = pytest.mark.skipif(

@@ -45,4 +45,4 @@ def test_architecture_not_in_params_is_refused(tmp_path, capsys):
 def test_evaluate_without_checkpoint_names_the_missing_file(tmp_path, capsys):
     code = stage("evaluate").main(["--params", str(ROOT / "params.yaml"), "--root", str(tmp_path), "--architecture", "unet"])
     assert code == 1
-    assert "models/unet/model.pt" in capsys.readouterr().err
+    assert "models/unet/model.safetensors" in capsys.readouterr().err

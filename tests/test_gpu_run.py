@@ -21,10 +21,10 @@ import torch
 from PIL import Image
 
 from segpipe.config import TrackingParams
-from segpipe.data.pack import PackError, build_pack, open_pack, pad_to_multiple
+from segpipe.remote.bundle import PackError, build_pack, open_pack, pad_to_multiple
 from segpipe.data.sources.camvid import CLASS_NAMES
-from segpipe.gpu.import_run import ReevaluationMismatch, RunFolderError, import_run
-from segpipe.gpu.weights import SHARD_LIMIT, WeightsError, check_exportable, load_model, transport_state, write_weights
+from segpipe.remote.importer import ReevaluationMismatch, RunFolderError, import_run
+from segpipe.remote.weights import SHARD_LIMIT, WeightsError, check_exportable, load_model, transport_state, write_weights
 from segpipe.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,7 +175,7 @@ def test_import_run_logs_runs_and_registers_the_best_model_as_cuda_trained(smoke
 
 
 def test_cli_import_run_registers_and_writes_the_registry_record(smoke_run, pack_file, tracking, tmp_path, capsys):
-    from segpipe.command import main
+    from segpipe.cli import main
 
     folder = _copy(smoke_run, tmp_path / "gpu")
     params = tmp_path / "params.yaml"

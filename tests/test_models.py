@@ -13,7 +13,7 @@ from torch import nn
 
 from segpipe.models import available_architectures, build_model, validate_model_options
 from segpipe.models.base import SegmentationNetwork
-from segpipe.models.registry import architecture_family
+from segpipe.models.zoo import architecture_family
 
 from model_checks import block_masks, fit_one_batch, parameters_without_gradient
 
@@ -62,7 +62,7 @@ def test_returns_logits_at_input_size_and_gradients_reach_every_parameter(name):
 @pytest.mark.parametrize("name", available_architectures())
 def test_state_dict_keys_follow_the_model_layout(name):
     roots = {key.split(".")[0] for key in tiny(name).state_dict()}
-    expected = {"network"} if architecture_family(name) == "baseline" else {"encoder", "decoder", "head"}
+    expected = {"network"} if architecture_family(name) == "smp" else {"encoder", "decoder", "head"}
     assert roots == expected
 
 
@@ -127,7 +127,7 @@ def test_smp_baselines_never_touch_the_network(monkeypatch):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     monkeypatch.setattr(smp.encoders, "hf_hub_download", offline)
     for name in available_architectures():
-        if architecture_family(name) == "baseline":
+        if architecture_family(name) == "smp":
             tiny(name)
     with pytest.raises(AssertionError, match="network access"):  # the guard itself works
         smp.Unet(encoder_name="resnet18", encoder_weights="imagenet")
@@ -258,7 +258,7 @@ def test_defaults_and_families():
     }
     assert validate_model_options("fcn8s", {}).width == 0.25
     assert validate_model_options("smp_fpn", None).encoder == "resnet18"
-    assert [architecture_family(n) for n in ("unet", "fcn8s", "smp_fpn")] == ["seed", "seed", "baseline"]
+    assert [architecture_family(n) for n in ("unet", "fcn8s", "smp_fpn")] == ["builtin", "builtin", "smp"]
 
 
 def test_unknown_option_is_named_with_the_allowed_ones():

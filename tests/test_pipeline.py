@@ -84,7 +84,7 @@ def project(tmp_path_factory, mlflow_server) -> Path:
 def test_all_stages_write_their_outputs(project):
     assert json.loads((project / "reports/validation/summary.json").read_text())["success"] is True
     for architecture in ARCHITECTURES:
-        assert (project / "models" / architecture / "model.pt").is_file()
+        assert (project / "models" / architecture / "model.safetensors").is_file()
         metrics = json.loads((project / "reports/metrics" / f"{architecture}.json").read_text())
         assert 0.0 <= metrics["test_miou"] <= 1.0
         assert set(metrics["test_per_class_iou"]) >= {"background"}
@@ -92,8 +92,8 @@ def test_all_stages_write_their_outputs(project):
     board = pd.read_csv(project / "reports/leaderboard.csv")
     assert set(board["architecture"]) == {*ARCHITECTURES, "majority_class"}
     assert board["test_miou"].is_monotonic_decreasing
-    assert set(board.loc[board["architecture"] == "smp_unet", "family"]) == {"baseline"}
-    assert set(board.loc[board["architecture"] == "unet", "family"]) == {"seed"}
+    assert set(board.loc[board["architecture"] == "smp_unet", "family"]) == {"smp"}
+    assert set(board.loc[board["architecture"] == "unet", "family"]) == {"builtin"}
     summary = json.loads((project / "reports/leaderboard.json").read_text())  # a DVC metrics file for sweeps
     assert summary["best_architecture"] == board.loc[board["family"] != "reference", "architecture"].iloc[0]
     assert summary["best_test_miou"] == max(summary["test_miou"].values()) and set(summary["test_miou"]) == set(ARCHITECTURES)
@@ -103,7 +103,7 @@ def test_all_stages_write_their_outputs(project):
     denoiser = json.loads((project / "reports/metrics/denoise/autoencoder.json").read_text())
     assert denoiser["task"] == "denoise" and denoiser["corruption"] == "salt_pepper 0.1"
     assert denoiser["test_psnr"] > 0 and 0 < denoiser["input_ssim"] < 1
-    assert (project / "models/denoise/autoencoder/model.pt").is_file()
+    assert (project / "models/denoise/autoencoder/model.safetensors").is_file()
     assert (project / "reports/plots/denoise/autoencoder.png").stat().st_size > 1000
     denoise_board = pd.read_csv(project / "reports/leaderboard_denoise.csv")
     assert set(denoise_board["architecture"]) == {"autoencoder", "corrupted_input"}

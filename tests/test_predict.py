@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from segpipe.command import main
+from segpipe.cli import main
 from segpipe.data.errors import DatasetError
 from segpipe.models import build_model
 from segpipe.predict import MAX_PIXELS, MAX_SIDE, predict_files

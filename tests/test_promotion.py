@@ -9,16 +9,16 @@ import pytest
 import yaml
 from PIL import Image
 
-from segpipe.command import main
+from segpipe.cli import main
 from segpipe.config import parse_params
 from segpipe.data.prepare import prepare_dataset
 from segpipe.paths import ProjectPaths
-from segpipe.promotion import CHAMPION, HISTORY_TAG, miou_of, paired_bootstrap, promote, rollback
-from segpipe.registry import register_version
+from segpipe.registry.promotion import CHAMPION, HISTORY_TAG, miou_of, paired_bootstrap, promote, rollback
+from segpipe.registry.versions import register_version
 from segpipe.stages.evaluate import run_evaluate
 from segpipe.stages.train import run_train
 from segpipe.tracking.mlflow_tracking import sent_run
-from segpipe.validation import validate_prepared
+from segpipe.data.validation import validate_prepared
 
 NAME = "segpipe-folder"
 

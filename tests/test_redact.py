@@ -2,7 +2,7 @@
 
 import pytest
 
-from segpipe.redact import redact_uri
+from segpipe.tracking.redact import redact_uri
 
 
 @pytest.mark.parametrize(("uri", "expected"), [

@@ -22,7 +22,7 @@ def test_committed_leaderboard_beats_majority_class():
     models = board[board["family"] != "reference"]
     majority = float(board.loc[board["architecture"] == "majority_class", "test_miou"].iloc[0])
     assert set(models["architecture"]) == set(params["train"]["architectures"])
-    assert {"seed", "baseline"} <= set(models["family"])
+    assert {"builtin", "smp"} <= set(models["family"])
     assert models["test_miou"].max() >= 2 * majority, board[["architecture", "test_miou"]]
     assert (models["test_miou"] >= majority - 0.01).all(), board[["architecture", "test_miou"]]
 

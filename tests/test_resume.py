@@ -90,7 +90,7 @@ def test_fit_resumed_from_a_mid_epoch_state_ends_with_identical_weights(tmp_path
 def make_project(path: Path) -> Path:
     from segpipe.config import parse_params
     from segpipe.data.prepare import prepare_dataset
-    from segpipe.validation import validate_prepared
+    from segpipe.data.validation import validate_prepared
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["prepare"].update(image_size=[64, 64], splits={"train": 96, "val": 8, "test": 8})

@@ -20,8 +20,8 @@ import requests
 import yaml
 
 from postgres import PASSWORD, PostgresCluster, free_port
-from segpipe.command import main
-from segpipe.server import ServerSettings, build_command
+from segpipe.cli import main
+from segpipe.tracking.server import ServerSettings, build_command
 from test_promotion import write_squares_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

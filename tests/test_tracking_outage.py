@@ -10,7 +10,7 @@ import requests
 import torch
 from torch import nn
 
-from segpipe.command import main
+from segpipe.cli import main
 from segpipe.config import TrackingParams
 from segpipe.tracking.mlflow_tracking import RunWriter, ServerUnreachable, start_run, sync_spools
 from segpipe.tracking.spool import SPOOL_ENV

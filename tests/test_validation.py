@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segpipe.validation import DataValidationError, require_passed, validate_prepared
+from segpipe.data.validation import DataValidationError, require_passed, validate_prepared
 
 
 def run(prepared, tmp_path):

@@ -14,7 +14,7 @@ def make_tiny_project(path: Path, train: dict | None = None, tracking: dict | No
     ``tracking`` update those sections) and its data prepared and validated."""
     from segpipe.config import parse_params
     from segpipe.data.prepare import prepare_dataset
-    from segpipe.validation import validate_prepared
+    from segpipe.data.validation import validate_prepared
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["prepare"].update(image_size=[32, 32], splits={"train": 16, "val": 4, "test": 4})

@@ -1,4 +1,5 @@
-"""Per-run figures logged to MLflow: confusion matrix, per-class IoU bars, a grid of test predictions."""
+"""Figures: headless matplotlib with atomic PNG writes; confusion matrix, per-class IoU bars, a grid of test
+predictions."""
 
 from __future__ import annotations
 
@@ -10,8 +11,23 @@ from PIL import Image
 from torch import nn
 
 from segpipe import io
-from segpipe.plotting import pyplot, save_png
 from segpipe.predict import class_palette
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (imported only where a plot is drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(figure, target: Path) -> None:
+    """Write ``figure`` to ``target`` atomically and release it."""
+    io.write_with(target, lambda tmp: figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+    pyplot().close(figure)
 
 
 def confusion_matrix_png(matrix: np.ndarray, class_names: tuple[str, ...], target: Path, title: str) -> None:

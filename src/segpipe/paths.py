@@ -68,7 +68,17 @@ class ProjectPaths:
         return self.models / architecture if task == "segment" else self.models / task / architecture
 
     def checkpoint(self, architecture: str, task: TaskName = "segment") -> Path:
-        return self.model_dir(architecture, task) / "model.pt"
+        """The best weights: ``model.safetensors`` beside its metadata ``model.json``."""
+        return self.model_dir(architecture, task) / "model.safetensors"
+
+    def curves(self, architecture: str, task: TaskName = "segment") -> Path:
+        """Per-epoch training curves (a DVC plot): ``reports/curves/[<task>/]<architecture>.csv``."""
+        folder = self.reports / "curves" if task == "segment" else self.reports / "curves" / task
+        return folder / f"{architecture}.csv"
+
+    def confusion_matrix(self, architecture: str) -> Path:
+        """The test confusion matrix (rows: truth, columns: prediction) as CSV beside the scalar metrics."""
+        return self.reports / "confusion" / f"{architecture}.csv"
 
     def training_states(self, architecture: str, task: TaskName = "segment") -> Path:
         """Resumable training states of an unfinished run (outside DVC's outputs, which a re-run deletes)."""

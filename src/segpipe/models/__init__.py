@@ -2,7 +2,7 @@
 
 from segpipe.models.base import count_params_m
 from segpipe.models.reconstruction import ReconstructionModel, build_reconstruction_model
-from segpipe.models.registry import available_architectures, build_model, validate_model_options
+from segpipe.models.zoo import available_architectures, build_model, validate_model_options
 
 __all__ = [
     "ReconstructionModel",

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from segpipe.models.base import SegmentationNetwork
-from segpipe.models.registry import build_model
+from segpipe.models.zoo import build_model
 
 
 class ReconstructionModel(nn.Module):

@@ -14,15 +14,15 @@ from segpipe.config import Params
 from segpipe.data.manifest import DatasetInfo, class_pixel_columns, read_manifest
 from segpipe.metrics import constant_prediction_confusion, metrics_from_confusion
 from segpipe.paths import ProjectPaths
-from segpipe.plotting import pyplot, save_png
-from segpipe.redact import redact_uri
+from segpipe.figures import pyplot, save_png
+from segpipe.tracking.redact import redact_uri
 
 if TYPE_CHECKING:
     from segpipe.tasks import TaskName
     from segpipe.tracking.mlflow_tracking import RunRef
 
 REFERENCE = "majority_class"
-FAMILY_LABELS = {"seed": "seed architecture", "baseline": "smp baseline", "reference": "reference"}
+FAMILY_LABELS = {"builtin": "builtin", "smp": "smp baseline", "reference": "reference"}
 COLUMNS = ["rank", "architecture", "family", "test_miou", "test_dice", "test_pixel_acc", "test_mean_class_acc",
            "params_m", "gflops", "infer_img_per_s", "train_seconds", "best_epoch", "run_id", "model_uri"]
 
@@ -125,7 +125,7 @@ def denoise_markdown(frame: pd.DataFrame) -> str:
 
 def plot_leaderboard(frame: pd.DataFrame, metric: str, target: Path) -> None:
     plt = pyplot()
-    colours = {"seed": "tab:blue", "baseline": "tab:orange", "reference": "tab:gray"}
+    colours = {"builtin": "tab:blue", "smp": "tab:orange", "reference": "tab:gray"}
     ordered = frame.iloc[::-1]
     figure, axis = plt.subplots(figsize=(7, 0.5 * len(frame) + 1.2))
     axis.barh(ordered["architecture"], ordered[metric], color=[colours[f] for f in ordered["family"]])
@@ -133,7 +133,7 @@ def plot_leaderboard(frame: pd.DataFrame, metric: str, target: Path) -> None:
         axis.text(value, y, f" {value:.3f}", va="center")
     axis.set_xlim(0, 1.08)
     axis.set_xlabel(metric)
-    axis.set_title("segpipe leaderboard (blue: seed architectures, orange: smp baselines, grey: reference)", fontsize=9)
+    axis.set_title("segpipe leaderboard (blue: builtin architectures, orange: smp baselines, grey: reference)", fontsize=9)
     save_png(figure, target)
 
 

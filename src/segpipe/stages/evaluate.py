@@ -20,7 +20,7 @@ from segpipe.figures import prediction_grid_png
 from segpipe.metrics import metrics_from_confusion
 from segpipe.models import count_params_m
 from segpipe.models.profile import gflops_per_image
-from segpipe.models.registry import architecture_family
+from segpipe.models.zoo import architecture_family
 from segpipe.paths import ProjectPaths
 from segpipe.tasks import TaskName
 from segpipe.tasks.denoise import Corruption, evaluation_generator, reconstruction_scores

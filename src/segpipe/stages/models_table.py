@@ -9,7 +9,7 @@ from segpipe.config import Params
 from segpipe.data.manifest import DatasetInfo
 from segpipe.models import available_architectures, build_model, count_params_m
 from segpipe.models.profile import gflops_per_image
-from segpipe.models.registry import architecture_family
+from segpipe.models.zoo import architecture_family
 from segpipe.paths import ProjectPaths
 
 

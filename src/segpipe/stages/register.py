@@ -8,7 +8,7 @@ from segpipe import io
 from segpipe.config import Params
 from segpipe.data.manifest import DatasetInfo
 from segpipe.paths import ProjectPaths
-from segpipe.registry import RegisteredVersion, register_version
+from segpipe.registry.versions import RegisteredVersion, register_version
 from segpipe.stages.compare import REFERENCE
 
 

@@ -18,7 +18,7 @@ from segpipe.data.device_augment import DeviceAugmenter
 from segpipe.data.loader import BatchLoader
 from segpipe.data.manifest import DatasetInfo, data_version
 from segpipe.models import build_model, build_reconstruction_model, count_params_m
-from segpipe.models.registry import architecture_family
+from segpipe.models.zoo import architecture_family
 from segpipe.paths import ProjectPaths
 from segpipe.tasks import Task, TaskName
 from segpipe.tasks.denoise import Corruption, DenoiseTask
@@ -37,7 +37,7 @@ from segpipe.training.device import (
 from segpipe.training.loop import EpochRecord, LoopSettings, TrainResult, fit
 from segpipe.training.state import StateStore
 from segpipe.training.tracker import NullTracker, Tracker
-from segpipe.validation import require_passed
+from segpipe.data.validation import require_passed
 
 IMAGE_CHANNELS = 3  # the prepared cache holds RGB images
 

@@ -30,7 +30,7 @@ from mlflow.models import infer_signature
 from torch import nn
 
 from segpipe.config import TrackingParams
-from segpipe.redact import redact_uri
+from segpipe.tracking.redact import redact_uri
 from segpipe.tracking.context import (
     MODEL_URI_TAG, PIPELINE_TAG, RUN_KEY_TAG, experiment_name, git_commit, pipeline_key, project_root,
 )

@@ -25,12 +25,12 @@ from torch import nn
 
 from segpipe.config import TrackingParams
 from segpipe.data.loader import BatchLoader
-from segpipe.data.pack import apply_padding, open_pack
-from segpipe.gpu.run import FORMAT, LEADERBOARD_CSV, LEADERBOARD_MD, METRICS_FILE, RUN_FILE
-from segpipe.gpu.weights import META_FILE, WeightsMeta, load_model, read_meta
+from segpipe.remote.bundle import apply_padding, open_pack
+from segpipe.remote.run import FORMAT, LEADERBOARD_CSV, LEADERBOARD_MD, METRICS_FILE, RUN_FILE
+from segpipe.remote.weights import META_FILE, WeightsMeta, load_model, read_meta
 from segpipe.metrics import metrics_from_confusion
 from segpipe.models import available_architectures
-from segpipe.registry import RegisteredVersion, register_version, registered_model_name
+from segpipe.registry.versions import RegisteredVersion, register_version, registered_model_name
 from segpipe.tasks.segment import evaluate_split
 from segpipe.tracking.mlflow_tracking import MlflowTracker, experiment_name, tracking_uri
 from segpipe.tracking.mlflow_tracking import experiment_id as mlflow_experiment_id  # the name is taken here

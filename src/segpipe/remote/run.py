@@ -34,12 +34,12 @@ from torch import nn
 
 from segpipe import io
 from segpipe.data.loader import BatchLoader
-from segpipe.data.pack import Pack, Padding, open_pack, pad_to_multiple
-from segpipe.gpu.throughput import bare_images_per_second, inference_images_per_second
-from segpipe.gpu.weights import META_FILE, check_exportable, load_transport_state, transport_state, write_weights
+from segpipe.remote.bundle import Pack, Padding, open_pack, pad_to_multiple
+from segpipe.training.throughput import bare_images_per_second, inference_images_per_second
+from segpipe.remote.weights import META_FILE, check_exportable, load_transport_state, transport_state, write_weights
 from segpipe.metrics import metrics_from_confusion
 from segpipe.models import build_model, count_params_m
-from segpipe.models.registry import architecture_family
+from segpipe.models.zoo import architecture_family
 from segpipe.tasks.segment import SegmentTask, evaluate_split
 from segpipe.training.device import (
     Precision,

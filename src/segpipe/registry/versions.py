@@ -8,7 +8,7 @@ from typing import Any
 import mlflow
 
 from segpipe.config import TrackingParams
-from segpipe.redact import redact_uri
+from segpipe.tracking.redact import redact_uri
 from segpipe.tracking.mlflow_tracking import tracking_uri
 
 

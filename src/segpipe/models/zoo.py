@@ -49,7 +49,7 @@ Builder = Callable[[Any, int, int], SegmentationNetwork]  # (config, num_classes
 @dataclass(frozen=True)
 class ArchitectureSpec:
     name: str
-    family: Literal["seed", "baseline"]  # seed: segpipe's own; baseline: smp
+    family: Literal["builtin", "smp"]  # builtin: segpipe's own; smp: segmentation_models_pytorch
     config_cls: type[BaseModel]
     builder: Builder
 
@@ -65,19 +65,19 @@ def _build_fcn(variant: int, config: FCNConfig, num_classes: int, in_channels: i
 ARCHITECTURES: dict[str, ArchitectureSpec] = {
     spec.name: spec
     for spec in (
-        ArchitectureSpec("unet", "seed", UNetConfig, _build_unet),
-        ArchitectureSpec("fcn32s", "seed", FCNConfig, partial(_build_fcn, 32)),
-        ArchitectureSpec("fcn16s", "seed", FCNConfig, partial(_build_fcn, 16)),
-        ArchitectureSpec("fcn8s", "seed", FCNConfig, partial(_build_fcn, 8)),
-        ArchitectureSpec("autoencoder", "seed", autoencoder.AutoencoderConfig, autoencoder.build),
-        ArchitectureSpec("segnet", "seed", segnet.SegNetConfig, segnet.build),
-        ArchitectureSpec("xception_unet", "seed", xception_unet.XceptionUNetConfig, xception_unet.build),
-        ArchitectureSpec("dilated", "seed", dilated.DilatedNetConfig, dilated.build),
-        ArchitectureSpec("smp_unet", "baseline", SmpUnetConfig, partial(build_smp, "Unet")),
-        ArchitectureSpec("smp_fpn", "baseline", SmpFPNConfig, partial(build_smp, "FPN")),
+        ArchitectureSpec("unet", "builtin", UNetConfig, _build_unet),
+        ArchitectureSpec("fcn32s", "builtin", FCNConfig, partial(_build_fcn, 32)),
+        ArchitectureSpec("fcn16s", "builtin", FCNConfig, partial(_build_fcn, 16)),
+        ArchitectureSpec("fcn8s", "builtin", FCNConfig, partial(_build_fcn, 8)),
+        ArchitectureSpec("autoencoder", "builtin", autoencoder.AutoencoderConfig, autoencoder.build),
+        ArchitectureSpec("segnet", "builtin", segnet.SegNetConfig, segnet.build),
+        ArchitectureSpec("xception_unet", "builtin", xception_unet.XceptionUNetConfig, xception_unet.build),
+        ArchitectureSpec("dilated", "builtin", dilated.DilatedNetConfig, dilated.build),
+        ArchitectureSpec("smp_unet", "smp", SmpUnetConfig, partial(build_smp, "Unet")),
+        ArchitectureSpec("smp_fpn", "smp", SmpFPNConfig, partial(build_smp, "FPN")),
         ArchitectureSpec(
             "smp_deeplabv3plus",
-            "baseline",
+            "smp",
             SmpDeepLabV3PlusConfig,
             partial(build_smp, "DeepLabV3Plus"),
         ),

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
 
-from segpipe.redact import redact_uri
+from segpipe.tracking.redact import redact_uri
 
 WILDCARD_HOSTS = ("0.0.0.0", "::")
 #: pip packages of the PostgreSQL drivers; ``postgresql://`` means psycopg (3) since SQLAlchemy 2.1.

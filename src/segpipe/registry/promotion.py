@@ -28,7 +28,7 @@ from segpipe.data.loader import BatchLoader
 from segpipe.data.manifest import DatasetInfo, class_pixel_columns, read_manifest
 from segpipe.metrics import constant_prediction_confusion
 from segpipe.paths import ProjectPaths
-from segpipe.registry import registered_model_name
+from segpipe.registry.versions import registered_model_name
 
 CHAMPION = "champion"
 HISTORY_TAG = "segpipe.champion_history"

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from segpipe import io
-from segpipe.data.pack import Padding
+from segpipe.remote.bundle import Padding
 from segpipe.models import build_model
 
 META_FILE = "model.json"

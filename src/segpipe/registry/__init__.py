@@ -1,0 +1,1 @@
+"""The MLflow model registry: registered versions, aliases, promotion and rollback."""
