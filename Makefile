@@ -1,5 +1,5 @@
 # The README's commands. Each sets everything up itself (scripts/setup.sh, idempotent).
-.PHONY: setup repro test promote retrain server
+.PHONY: setup repro test test-fast lint format promote retrain server
 
 VENV ?= .venv
 ACTIVATE = . $(VENV)/bin/activate
@@ -15,8 +15,20 @@ setup:
 repro: setup
 	@$(ACTIVATE) && dvc repro
 
+# The whole suite: unit tests, real DVC/MLflow/PostgreSQL stages and the browser test.
 test: setup
-	@$(ACTIVATE) && python -m pytest
+	@$(ACTIVATE) && ruff check . && ruff format --check . && python -m pytest
+
+# The inner loop: everything but the tests marked slow.
+test-fast: setup
+	@$(ACTIVATE) && python -m pytest -m "not slow"
+
+lint: setup
+	@$(ACTIVATE) && ruff check . && ruff format --check .
+
+# Fix what ruff can fix and reformat.
+format: setup
+	@$(ACTIVATE) && ruff check --fix . && ruff format .
 
 promote: setup
 	@$(ACTIVATE) && segpipe promote $(PROMOTE_FLAGS)

@@ -1,4 +1,4 @@
-"""Benchmark: wall time of prepare + validate over a real dataset (default: CamVid from ../shared).
+"""Benchmark: wall time of prepare + validate over a real dataset (default: CamVid from $SEGPIPE_CAMVID).
 
     python benchmarks/prepare_validate.py [--dataset camvid] [--root PATH] [--image-size 96 128] [--workers 2]
 
@@ -24,15 +24,32 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dataset", default="camvid")
-    parser.add_argument("--root", default=os.environ.get("SEGPIPE_CAMVID", str(ROOT.parent / "shared/datasets/camvid")))
+    parser.add_argument(
+        "--root",
+        default=os.environ.get("SEGPIPE_CAMVID"),
+        required="SEGPIPE_CAMVID" not in os.environ,
+        help="dataset folder (default: $SEGPIPE_CAMVID)",
+    )
     parser.add_argument("--image-size", type=int, nargs=2, default=[96, 128], metavar=("H", "W"))
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks", help="folder for the report files")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "reports" / "benchmarks", help="folder for the report files"
+    )
     args = parser.parse_args()
-    params = parse_params({"prepare": {"dataset": args.dataset, "root": args.root, "image_size": args.image_size,
-                                       "workers": args.workers}})
+    params = parse_params(
+        {
+            "prepare": {
+                "dataset": args.dataset,
+                "root": args.root,
+                "image_size": args.image_size,
+                "workers": args.workers,
+            }
+        }
+    )
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared"
         started = time.perf_counter()
@@ -57,15 +74,21 @@ def main() -> None:
     }
     target = args.out / f"prepare_validate_{args.dataset}"
     io.write_json(target.with_suffix(".json"), result)
-    io.write_text(target.with_suffix(".md"), "\n".join([
-        f"# prepare + validate: {args.dataset} ({samples} samples → {args.image_size[0]}×{args.image_size[1]})",
-        "",
-        "| prepare s | validate s | total s | samples/s | workers | CPUs |",
-        "|---:|---:|---:|---:|---:|---:|",
-        f"| {result['prepare_seconds']} | {result['validate_seconds']} | {result['total_seconds']} | "
-        f"{result['samples_per_second']} | {args.workers} | {result['cpu_count']} |",
-        "",
-    ]))
+    io.write_text(
+        target.with_suffix(".md"),
+        "\n".join(
+            [
+                f"# prepare + validate: {args.dataset} "
+                f"({samples} samples → {args.image_size[0]}×{args.image_size[1]})",
+                "",
+                "| prepare s | validate s | total s | samples/s | workers | CPUs |",
+                "|---:|---:|---:|---:|---:|---:|",
+                f"| {result['prepare_seconds']} | {result['validate_seconds']} | {result['total_seconds']} | "
+                f"{result['samples_per_second']} | {args.workers} | {result['cpu_count']} |",
+                "",
+            ]
+        ),
+    )
     print(result)
 
 

@@ -1,9 +1,10 @@
-"""DVC stage `compare`: leaderboard CSV/Markdown and plots across all architectures."""
+"""DVC stage `compare`: leaderboard CSV/Markdown/JSON and plots across all architectures, from the metrics
+files alone (the `track` stage publishes them to MLflow)."""
 
 import sys
 
-from segpipe.stages.entry import stage_main
 from segpipe.stages.compare import run_compare
+from segpipe.stages.entry import stage_main
 
 
 def main(argv=None) -> int:

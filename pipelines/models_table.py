@@ -1,4 +1,4 @@
-"""DVC stage `models_table`: models table (params, GFLOPs, output stride) of every architecture into reports/."""
+"""DVC stage `models_table`: params, GFLOPs and output stride of every architecture into reports/models.*"""
 
 import sys
 

@@ -5,8 +5,8 @@ source into `prepare.root`, once; nothing is downloaded otherwise."""
 
 import sys
 
-from segpipe.stages.entry import stage_main
 from segpipe.data.prepare import prepare_dataset
+from segpipe.stages.entry import stage_main
 
 
 def run(params, paths, _args):

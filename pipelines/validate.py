@@ -2,8 +2,8 @@
 
 import sys
 
-from segpipe.stages.entry import stage_main
 from segpipe.data.validation import validate_prepared
+from segpipe.stages.entry import stage_main
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,8 @@
 #   -f FORMAT    md (default), csv or json (json: the whole `dvc exp show --json`)
 #   -Q           only queue the experiments; run them later with `dvc queue start -j N`
 #   -- ARGS      further `dvc exp run` arguments: stage targets (`compare` ends each experiment at the
-#                leaderboard, so no sweep point registers a model), --copy-paths PATH, ...
+#                leaderboard: no sweep point sends its runs to MLflow or registers a model; `segpipe sync`
+#                sends their spooled runs later, `track` as target sends them at once), --copy-paths PATH, ...
 #
 # Environment: DVC (the dvc command; default .venv/bin/dvc, else `dvc` on PATH),
 # SWEEP_POLL_S (10: seconds between `dvc queue status` calls).
@@ -31,7 +32,7 @@
 #
 # Queued experiments run in temporary copies of the repository under .dvc/tmp/exps (the committed
 # HEAD plus the workspace's changes to tracked files), sharing the project's DVC cache: relative paths
-# outside the repository (../shared/...) and untracked files do not exist there. See README "Sweeps".
+# outside the repository (e.g. ../datasets/...) and untracked files do not exist there. See README "Sweeps".
 
 set -euo pipefail
 

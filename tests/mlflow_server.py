@@ -29,10 +29,24 @@ class MlflowServer:
         env.pop("MLFLOW_TRACKING_URI", None)
         with (self.root / "server.log").open("a") as log:
             self.process = subprocess.Popen(
-                [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-                 "--artifacts-destination", str(self.root / "artifacts")],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    str(Path(sys.executable).parent / "mlflow"),
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    "1",
+                    "--backend-store-uri",
+                    f"sqlite:///{self.root / 'mlflow.db'}",
+                    "--artifacts-destination",
+                    str(self.root / "artifacts"),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         deadline = time.monotonic() + 90
         while True:
@@ -43,7 +57,9 @@ class MlflowServer:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise AssertionError("mlflow server did not start:\n" + (self.root / "server.log").read_text()[-3000:])
+                raise AssertionError(
+                    "mlflow server did not start:\n" + (self.root / "server.log").read_text()[-3000:]
+                )
             time.sleep(0.25)
 
     def stop(self) -> None:

@@ -1,6 +1,6 @@
-"""A throwaway PostgreSQL cluster for tests: ``initdb`` in a temporary folder, a server on 127.0.0.1 and a free
-port, password authentication over TCP. PostgreSQL refuses to run as root, so under root the cluster belongs to
-the ``postgres`` user (Debian's package creates it) or ``nobody``."""
+"""A throwaway PostgreSQL cluster for tests: ``initdb`` in a temporary folder, a server on 127.0.0.1 and a
+free port, password authentication over TCP. PostgreSQL refuses to run as root, so under root the cluster
+belongs to the ``postgres`` user (Debian's package creates it) or ``nobody``."""
 
 from __future__ import annotations
 
@@ -22,9 +22,12 @@ PASSWORD = "s3cret-Pg-pass"  # tests check that it is never printed
 
 
 def server_binaries() -> Path | None:
-    """The folder holding ``initdb`` and ``pg_ctl``: from ``PATH``, else Debian's newest ``/usr/lib/postgresql``."""
+    """The folder holding ``initdb`` and ``pg_ctl``: from ``PATH``, else Debian's newest
+    ``/usr/lib/postgresql``."""
     found = [Path(shutil.which(name)).resolve().parent for name in ("pg_ctl", "initdb") if shutil.which(name)]
-    debian = sorted(glob.glob("/usr/lib/postgresql/[0-9]*/bin"), key=lambda p: float(Path(p).parent.name), reverse=True)
+    debian = sorted(
+        glob.glob("/usr/lib/postgresql/[0-9]*/bin"), key=lambda p: float(Path(p).parent.name), reverse=True
+    )
     for folder in [*found, *map(Path, debian)]:
         if (folder / "initdb").is_file() and (folder / "pg_ctl").is_file():
             return folder
@@ -40,7 +43,9 @@ def _owner() -> pwd.struct_passwd:
             return pwd.getpwnam(name)
         except KeyError:
             pass
-    raise RuntimeError("running as root and neither a 'postgres' nor a 'nobody' user exists to own PostgreSQL")
+    raise RuntimeError(
+        "running as root and neither a 'postgres' nor a 'nobody' user exists to own PostgreSQL"
+    )
 
 
 def free_port() -> int:
@@ -50,13 +55,16 @@ def free_port() -> int:
 
 
 class PostgresCluster:
-    """``start()`` a fresh cluster, ``create_database(name)`` for a URI, ``stop()`` it and delete its files."""
+    """``start()`` a fresh cluster, ``create_database(name)`` for a URI, ``stop()`` it and delete its
+    files."""
 
     def __init__(self) -> None:
         binaries = server_binaries()
         if binaries is None:
-            pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql "
-                        "(.ci/run does)")
+            pytest.skip(
+                "PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql "
+                "(.ci/run does)"
+            )
         self.bin = binaries
         self.owner = _owner()
         self.port = free_port()
@@ -66,30 +74,75 @@ class PostgresCluster:
 
     def _run(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
         """A PostgreSQL program as the cluster's owner; its output in the error when it fails."""
-        result = subprocess.run([str(self.bin / args[0]), *args[1:]], user=self.owner.pw_uid,
-                                group=self.owner.pw_gid, extra_groups=[], cwd=self.root, env=self._env(),
-                                capture_output=True, text=True, timeout=120, **kwargs)
+        result = subprocess.run(
+            [str(self.bin / args[0]), *args[1:]],
+            user=self.owner.pw_uid,
+            group=self.owner.pw_gid,
+            extra_groups=[],
+            cwd=self.root,
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            **kwargs,
+        )
         if result.returncode != 0:
             log = self.log.read_text()[-2000:] if self.log.exists() else ""
-            raise RuntimeError(f"{args[0]} failed ({result.returncode}):\n{result.stdout}{result.stderr}{log}")
+            raise RuntimeError(
+                f"{args[0]} failed ({result.returncode}):\n{result.stdout}{result.stderr}{log}"
+            )
         return result
 
     def _env(self) -> dict[str, str]:
-        return {"PATH": os.environ.get("PATH", ""), "LC_ALL": "C", "HOME": str(self.root),
-                "PGPASSWORD": PASSWORD, "PGHOST": "127.0.0.1", "PGPORT": str(self.port), "PGUSER": USER}
+        return {
+            "PATH": os.environ.get("PATH", ""),
+            "LC_ALL": "C",
+            "HOME": str(self.root),
+            "PGPASSWORD": PASSWORD,
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(self.port),
+            "PGUSER": USER,
+        }
 
     def start(self) -> None:
         os.chown(self.root, self.owner.pw_uid, self.owner.pw_gid)
         password_file = self.root / "password"
         password_file.write_text(PASSWORD + "\n")
         os.chown(password_file, self.owner.pw_uid, self.owner.pw_gid)
-        self._run("initdb", "--pgdata", str(self.data), "--username", USER, "--pwfile", str(password_file),
-                  "--auth-local", "trust", "--auth-host", "scram-sha-256", "--encoding", "UTF8", "--no-locale",
-                  "--no-sync")
-        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")  # a test cluster: speed only
-        self._run("pg_ctl", "--pgdata", str(self.data), "--log", str(self.log), "--options", options,
-                  "--wait", "--timeout", "60", "start")
+        self._run(
+            "initdb",
+            "--pgdata",
+            str(self.data),
+            "--username",
+            USER,
+            "--pwfile",
+            str(password_file),
+            "--auth-local",
+            "trust",
+            "--auth-host",
+            "scram-sha-256",
+            "--encoding",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+        )
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )  # a test cluster: speed only
+        self._run(
+            "pg_ctl",
+            "--pgdata",
+            str(self.data),
+            "--log",
+            str(self.log),
+            "--options",
+            options,
+            "--wait",
+            "--timeout",
+            "60",
+            "start",
+        )
 
     def create_database(self, name: str) -> str:
         """A new database; its URI with user and password (``postgresql://USER:PASSWORD@127.0.0.1:PORT/name``)."""
@@ -100,7 +153,17 @@ class PostgresCluster:
         """Stop the server (fast shutdown, else SIGKILL to the postmaster) and delete the cluster's files."""
         try:
             if (self.data / "postmaster.pid").exists():
-                self._run("pg_ctl", "--pgdata", str(self.data), "--mode", "fast", "--wait", "--timeout", "30", "stop")
+                self._run(
+                    "pg_ctl",
+                    "--pgdata",
+                    str(self.data),
+                    "--mode",
+                    "fast",
+                    "--wait",
+                    "--timeout",
+                    "30",
+                    "stop",
+                )
         except (RuntimeError, subprocess.TimeoutExpired):
             with contextlib.suppress(FileNotFoundError, ProcessLookupError):
                 os.kill(int((self.data / "postmaster.pid").read_text().split()[0]), signal.SIGKILL)

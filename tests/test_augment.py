@@ -36,22 +36,33 @@ def test_flips_move_image_and_mask_together():
 
 def test_zoom_out_pads_image_black_and_mask_ignore():
     image, mask = position_coded()
-    out_image, out_mask = SampleAugmenter(AugmentParams(hflip=False, scale=(0.5, 0.5)), IGNORE, seed=0)(image, mask)
+    out_image, out_mask = SampleAugmenter(AugmentParams(hflip=False, scale=(0.5, 0.5)), IGNORE, seed=0)(
+        image, mask
+    )
     assert out_image.shape == image.shape and out_mask.shape == mask.shape
     assert (out_mask[0] == IGNORE).all() and (out_mask[:, 0] == IGNORE).all()
     assert (out_image[0] == 0).all()
-    assert set(np.unique(out_mask)) <= {0, 1, 2, 3, IGNORE} and (out_mask != IGNORE).mean() == pytest.approx(0.25, abs=0.05)
+    assert set(np.unique(out_mask)) <= {0, 1, 2, 3, IGNORE} and (out_mask != IGNORE).mean() == pytest.approx(
+        0.25, abs=0.05
+    )
 
 
 def test_zoom_in_crops_without_inventing_labels():
     image, mask = position_coded()
-    out_image, out_mask = SampleAugmenter(AugmentParams(hflip=False, scale=(2.0, 2.0)), IGNORE, seed=0)(image, mask)
-    assert out_mask.shape == mask.shape and set(np.unique(out_mask)) == {1, 2}  # the centre half: stripes 1 and 2
+    out_image, out_mask = SampleAugmenter(AugmentParams(hflip=False, scale=(2.0, 2.0)), IGNORE, seed=0)(
+        image, mask
+    )
+    assert out_mask.shape == mask.shape and set(np.unique(out_mask)) == {
+        1,
+        2,
+    }  # the centre half: stripes 1 and 2
 
 
 def test_colour_jitter_changes_the_image_only():
     image, mask = position_coded()
-    params = parse_params({"train": {"augment": {"hflip": False, "color_jitter": {"brightness": 0.5}}}}).train.augment
+    params = parse_params(
+        {"train": {"augment": {"hflip": False, "color_jitter": {"brightness": 0.5}}}}
+    ).train.augment
     out_image, out_mask = SampleAugmenter(params, IGNORE, seed=3)(image, mask)
     assert np.array_equal(out_mask, mask) and not np.array_equal(out_image, image)
 
@@ -62,7 +73,7 @@ def test_augmentation_is_seeded_per_epoch():
     first, second = SampleAugmenter(params, IGNORE, seed=5), SampleAugmenter(params, IGNORE, seed=5)
     first.set_epoch(2)
     second.set_epoch(2)
-    assert all(np.array_equal(a, b) for a, b in zip(first(image, mask), second(image, mask)))
+    assert all(np.array_equal(a, b) for a, b in zip(first(image, mask), second(image, mask), strict=True))
     second.set_epoch(3)
     first.set_epoch(2)
     assert not np.array_equal(first(image, mask)[0], second(image, mask)[0])
@@ -75,15 +86,27 @@ def test_loader_with_augmenter_yields_device_batches_reproducibly():
     params = AugmentParams(hflip=True, scale=(0.8, 1.2))
 
     def epoch_batches(epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        loader = BatchLoader(arrays, 4, torch.device("cpu"), shuffle=True, seed=1, drop_last=True,
-                             augmenter=SampleAugmenter(params, IGNORE, seed=1))
+        loader = BatchLoader(
+            arrays,
+            4,
+            torch.device("cpu"),
+            shuffle=True,
+            seed=1,
+            drop_last=True,
+            augmenter=SampleAugmenter(params, IGNORE, seed=1),
+        )
         loader.set_epoch(epoch)
         return list(loader)
 
     batches = epoch_batches(1)
     assert len(batches) == 1
     images, masks = batches[0]
-    assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32 and 0 <= images.min() and images.max() <= 1
+    assert (
+        images.shape == (4, 3, 32, 32)
+        and images.dtype == torch.float32
+        and images.min() >= 0
+        and images.max() <= 1
+    )
     assert masks.shape == (4, 32, 32) and masks.dtype == torch.int64
     again = epoch_batches(1)[0]
     assert torch.equal(images, again[0]) and torch.equal(masks, again[1])

@@ -1,22 +1,128 @@
-"""The benchmark script runs end to end on a tiny setting and writes its reports (figures are not asserted)."""
+"""The training-speed benchmark runs end to end on a tiny setting and writes its reports, one row per
+architecture and precision and the bf16-against-fp32 table (figures are not asserted); so does the CamVid
+precision-quality comparison (where ``SEGPIPE_CAMVID`` names a CamVid folder)."""
 
 import json
+import os
+from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from pipelines.benchmark import main
+from benchmarks import precision_quality
+from benchmarks.training_speed import main
+
+CAMVID = os.environ.get("SEGPIPE_CAMVID")
 
 
-def test_benchmark_writes_training_inference_and_data_path_figures(tmp_path, monkeypatch):
+def test_benchmark_writes_training_inference_and_data_path_figures_per_precision(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    main(["--architectures", "unet", "dilated", "--image-size", "32", "32", "--batch-size", "2", "--steps", "2", "--rounds", "1",
-          "--latency-runs", "3", "--out", str(tmp_path)])
+    main(
+        [
+            "--architectures",
+            "unet",
+            "dilated",
+            "--image-size",
+            "32",
+            "32",
+            "--batch-size",
+            "2",
+            "--steps",
+            "2",
+            "--rounds",
+            "1",
+            "--latency-runs",
+            "3",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     frame = pd.read_csv(tmp_path / "benchmark.csv")
-    assert list(frame["architecture"]) == ["unet", "dilated"]
-    for column in ("train_img_per_s_segpipe", "train_img_per_s_bare", "ratio", "infer_latency_ms_median",
-                   "infer_latency_ms_p95", "infer_img_per_s_b16", "peak_memory_mb", "params_m", "gflops"):
+    assert list(zip(frame["architecture"], frame["precision"], frame["memory_format"], strict=True)) == [
+        ("unet", "fp32", "contiguous"),
+        ("unet", "bf16", "channels_last"),
+        ("dilated", "fp32", "contiguous"),
+        ("dilated", "bf16", "channels_last"),
+    ]
+    for column in (
+        "train_img_per_s_segpipe",
+        "train_img_per_s_bare",
+        "ratio",
+        "infer_latency_ms_median",
+        "infer_latency_ms_p95",
+        "infer_img_per_s_b16",
+        "peak_memory_mb",
+        "params_m",
+        "gflops",
+    ):
         assert (frame[column] > 0).all(), column
     assert (frame["infer_latency_ms_p95"] >= frame["infer_latency_ms_median"]).all()
     report = json.loads((tmp_path / "benchmark.json").read_text())
     assert report["environment"]["threads"] >= 1 and report["data_path"]["loader_albumentations"] > 0
-    assert "| unet |" in (tmp_path / "benchmark.md").read_text()
+    comparison = pd.DataFrame(report["bf16_vs_fp32"])
+    assert list(comparison["architecture"]) == ["unet", "dilated"]
+    assert (comparison[["train_speedup", "infer_speedup"]] > 0).all().all()
+    markdown = (tmp_path / "benchmark.md").read_text()
+    assert "| unet | bf16 | channels_last |" in markdown and "bf16 against fp32" in markdown
+
+
+def test_one_precision_writes_no_comparison(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    main(
+        [
+            "--architectures",
+            "dilated",
+            "--image-size",
+            "32",
+            "32",
+            "--batch-size",
+            "2",
+            "--steps",
+            "1",
+            "--rounds",
+            "1",
+            "--latency-runs",
+            "1",
+            "--device",
+            "cpu",
+            "--precisions",
+            "fp32",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert list(pd.read_csv(tmp_path / "benchmark.csv")["precision"]) == ["fp32"]
+    assert json.loads((tmp_path / "benchmark.json").read_text())["bf16_vs_fp32"] == []
+    assert "bf16 against fp32" not in (tmp_path / "benchmark.md").read_text()
+
+
+@pytest.mark.skipif(
+    not CAMVID or not Path(CAMVID).is_dir(), reason="set SEGPIPE_CAMVID to a CamVid folder to run it"
+)
+def test_precision_quality_scores_both_precisions_per_class_and_their_agreement(tmp_path):
+    precision_quality.main(
+        [
+            "--architectures",
+            "unet",
+            "--epochs",
+            "1",
+            "--max-per-split",
+            "4",
+            "--image-size",
+            "64",
+            "96",
+            "--no-progress",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    report = json.loads((tmp_path / "precision_quality.json").read_text())
+    assert report["settings"]["split_sizes"] == {"train": 4, "val": 4, "test": 4}
+    (model,) = report["models"]
+    for precision, memory_format in (("fp32", "contiguous"), ("bf16", "channels_last")):
+        assert list(model[precision]["per_class_iou"]) == report["class_names"]
+        assert model[precision]["memory_format"] == memory_format and 0 <= model[precision]["test_miou"] <= 1
+    assert 0.5 < model["bf16_eval_agreement"]["labelled_pixels"] <= 1
+    assert "| unet |" in (tmp_path / "precision_quality.md").read_text()

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import torch
+from conftest import TINY_PREPARE
 from PIL import Image
 
 from segpipe.data.cache import SplitArrays, load_split
@@ -10,8 +11,6 @@ from segpipe.data.loader import BatchLoader
 from segpipe.data.manifest import DatasetInfo, class_pixel_columns, read_manifest
 from segpipe.data.prepare import prepare_dataset
 from segpipe.data.synthetic import CLASS_NAMES
-
-from conftest import TINY_PREPARE
 
 
 def test_prepare_writes_manifest_files_and_cache(prepared):
@@ -63,12 +62,14 @@ def test_loader_batches_shapes_and_ranges():
     images, masks = batches[0]
     assert images.shape == (4, 3, 8, 8) and images.dtype == torch.float32
     assert masks.shape == (4, 8, 8) and masks.dtype == torch.int64
-    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert images.min() >= 0.0 and images.max() <= 1.0
     assert sum(len(m) for _, m in batches) == 10
 
 
 def test_loader_flips_keep_image_and_mask_aligned():
-    loader = BatchLoader(_aligned_arrays(), 5, torch.device("cpu"), shuffle=True, hflip=True, vflip=True, seed=3)
+    loader = BatchLoader(
+        _aligned_arrays(), 5, torch.device("cpu"), shuffle=True, hflip=True, vflip=True, seed=3
+    )
     flipped_any = False
     originals = torch.from_numpy(_aligned_arrays().images).permute(0, 3, 1, 2).float() / 255
     for epoch in range(3):
@@ -98,12 +99,15 @@ def test_loader_drop_last_skips_partial_batch_but_never_everything():
 
 
 def test_loader_batches_are_contiguous_nchw(prepared):
-    """A permuted NHWC view would reach the model in channels_last memory (a different, slower path on CPU)."""
+    """A permuted NHWC view would reach the model in channels_last memory (a different, slower path on
+    CPU)."""
     import torch
 
     from segpipe.data.cache import load_split
     from segpipe.data.loader import BatchLoader
 
-    loader = BatchLoader(load_split(prepared, "train"), 2, torch.device("cpu"), shuffle=True, hflip=True, vflip=True)
+    loader = BatchLoader(
+        load_split(prepared, "train"), 2, torch.device("cpu"), shuffle=True, hflip=True, vflip=True
+    )
     images, masks = next(iter(loader))
     assert images.is_contiguous() and masks.is_contiguous()

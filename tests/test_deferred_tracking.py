@@ -1,6 +1,7 @@
-"""Deferred tracking (``tracking.live: false``, the default): a train stage records its run in a local spool without
-importing MLflow; the compare stage (or ``segpipe sync``) sends it, and the run in MLflow is what live tracking
-would have made: params, per-epoch metrics at their training-time timestamps, the logged model, the parent run."""
+"""Deferred tracking (``tracking.live: false``, the default): a train stage records its run in a local spool
+without importing MLflow; the track stage (or ``segpipe sync``) sends it, and the run in MLflow is what live
+tracking would have made: params, per-epoch metrics at their training-time timestamps, the logged model, the
+parent run."""
 
 from __future__ import annotations
 
@@ -11,18 +12,19 @@ import time
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import ROOT
 
 from segpipe import io
 from segpipe.config import parse_params
 from segpipe.paths import ProjectPaths
+from segpipe.serving.logged import load_logged_model
 from segpipe.stages.register import run_register
+from segpipe.stages.track import tracking_record
 from segpipe.tracking.mlflow_tracking import find_runs, sync_spools
 from segpipe.training.checkpoint import load_checkpoint
-from tiny_project import ROOT, make_tiny_project
 
 TRAIN_IN_A_FRESH_PROCESS = """
 import runpy, sys
@@ -37,14 +39,16 @@ assert not imported, "the deferred train stage imported " + ", ".join(imported[:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
+def trained(tmp_path_factory, tiny_project) -> Path:
     """A tiny project whose unet was trained by the train stage in a fresh process, with deferred tracking."""
-    project = make_tiny_project(tmp_path_factory.mktemp("deferred"), tracking={"live": False})
-    code = TRAIN_IN_A_FRESH_PROCESS.format(root=str(project), params=str(project / "params.yaml"),
-                                           script=str(ROOT / "pipelines" / "train.py"))
+    project = tiny_project(tmp_path_factory.mktemp("deferred"), tracking={"live": False})
+    code = TRAIN_IN_A_FRESH_PROCESS.format(
+        root=str(project), params=str(project / "params.yaml"), script=str(ROOT / "pipelines" / "train.py")
+    )
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "SEGPIPE_PIPELINE_RUN": "deferred-test"}
-    done = subprocess.run([sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return project
 
@@ -62,14 +66,20 @@ def test_the_train_stage_spools_its_run_and_touches_no_tracking_store(trained):
     assert [c["op"] for c in calls][:2] == ["start_run", "log_params"]
     assert calls[0]["run_key"] == record["run_key"] and calls[0]["pipeline"] == "deferred-test"
     assert [c["step"] for c in calls if c["op"] == "log_metrics" and "val_miou" in c["metrics"]] == [1, 2]
-    assert [c["op"] for c in calls][-2:] == ["log_torch_model", "end_run"] and calls[-1]["status"] == "FINISHED"
+    assert [c["op"] for c in calls][-2:] == ["log_checkpoint", "end_run"]
+    [spool] = (trained / ".segpipe" / "tracking-spool").glob("*.jsonl")
+    spooled = spool.with_suffix(".models") / calls[-2]["checkpoint"]
+    assert sorted(p.name for p in spooled.iterdir()) == ["model.json", "model.safetensors"]
+    assert calls[-1]["status"] == "FINISHED"
 
 
 def test_sending_makes_the_run_live_tracking_would_have_made(trained, monkeypatch):
     monkeypatch.chdir(trained)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     calls = [r for r in spool_records(trained) if "op" in r]
-    recorded = {c["step"]: c["timestamp"] for c in calls if c["op"] == "log_metrics" and "val_miou" in c["metrics"]}
+    recorded = {
+        c["step"]: c["timestamp"] for c in calls if c["op"] == "log_metrics" and "val_miou" in c["metrics"]
+    }
     time.sleep(0.05)  # metric timestamps must be the recorded ones, not the time of sending
     params = parse_params(yaml.safe_load((trained / "params.yaml").read_text()))
     [(spool, run_id)] = sync_spools(params.tracking)
@@ -82,27 +92,41 @@ def test_sending_makes_the_run_live_tracking_would_have_made(trained, monkeypatc
     logged = client.get_run(run_id)
     assert logged.info.status == "FINISHED" and logged.info.start_time == calls[0]["start_time"]
     assert logged.data.params["arch"] == "unet" and logged.data.params["epochs"] == "2"
-    assert logged.data.tags["architecture"] == "unet" and logged.data.tags["mlflow.source.name"].endswith("train.py")
+    assert logged.data.tags["architecture"] == "unet"
+    assert logged.data.tags["mlflow.source.name"].endswith("train.py")
     history = client.get_metric_history(run_id, "val_miou")
     assert {m.step: m.timestamp for m in history} == recorded
     parent = client.get_run(run.parent_run_id)
     assert parent.data.tags["segpipe.pipeline"] == "deferred-test"
 
-    model = mlflow.pytorch.load_model(run.model_uri)
-    checkpoint, _ = load_checkpoint(trained / "models" / "unet" / "model.pt", torch.device("cpu"))
+    model, _ = load_logged_model(run.model_uri)
+    checkpoint, _ = load_checkpoint(trained / "models" / "unet" / "model.safetensors", torch.device("cpu"))
     example = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(example), checkpoint.eval()(example))
     assert sync_spools(params.tracking) == []  # sent once; sending again sends nothing
 
 
-def test_register_refuses_a_leaderboard_row_without_a_logged_model(tmp_path):
+def test_register_refuses_a_best_model_without_a_logged_model(tmp_path):
     paths = ProjectPaths(tmp_path)
-    io.write_text(paths.leaderboard_csv, "rank,architecture,family,test_miou,run_id,model_uri\n"
-                                         "1,unet,seed,0.4,,\n2,majority_class,reference,0.1,,\n")
-    assert pd.read_csv(paths.leaderboard_csv)["model_uri"].isna().all()
+    io.write_text(
+        paths.leaderboard_csv,
+        "rank,architecture,family,test_miou\n1,unet,builtin,0.4\n2,majority_class,reference,0.1\n",
+    )
+    params = parse_params({"tracking": {"enabled": True}})
+    with pytest.raises(FileNotFoundError, match=r"tracking.json is missing: run the track stage"):
+        run_register(params, paths)
+    io.write_json(
+        tracking_record(paths),
+        {
+            "enabled": True,
+            "runs": [
+                {"architecture": "unet", "task": "segment", "run_key": "k", "run_id": None, "model_uri": None}
+            ],
+        },
+    )
     with pytest.raises(ValueError, match=r"no model_uri for unet.*dvc repro -f train@unet"):
-        run_register(parse_params({"tracking": {"enabled": True}}), paths)
+        run_register(params, paths)
     assert not paths.registry_record.exists()
 
 
@@ -132,5 +156,7 @@ def test_a_queued_experiments_stage_tracks_into_the_repository_not_its_temporary
     assert experiment.artifact_location == (repo / "mlruns" / "segpipe-toy").as_uri()
 
     monkeypatch.chdir(repo)  # outside a queued experiment nothing is rewritten
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exports what it is given
+    monkeypatch.delenv(
+        "MLFLOW_TRACKING_URI", raising=False
+    )  # mlflow.set_tracking_uri exports what it is given
     assert project_root() == repo and tracking_uri(params) == "sqlite:///mlflow.db"

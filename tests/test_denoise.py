@@ -14,8 +14,7 @@ from segpipe.tasks.corruption import corrupt
 from segpipe.tasks.denoise import Corruption, DenoiseTask, evaluation_generator, reconstruction_scores
 from segpipe.tasks.quality import psnr, ssim
 from segpipe.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from segpipe.training.loop import LoopSettings, fit
-from segpipe.training.tracker import NullTracker
+from segpipe.training.trainer import Trainer, TrainerSettings
 
 
 def generator(seed: int = 0) -> torch.Generator:
@@ -34,7 +33,7 @@ def test_corruptions_stay_in_range_are_seeded_and_vanish_at_level_zero(kind):
     first = corrupt(images, kind, 0.3, generator(1))
     again = corrupt(images, kind, 0.3, generator(1))
     other = corrupt(images, kind, 0.3, generator(2))
-    assert first.shape == images.shape and 0 <= first.min() and first.max() <= 1
+    assert first.shape == images.shape and first.min() >= 0 and first.max() <= 1
     assert torch.equal(first, again) and not torch.equal(first, other)
     assert not torch.allclose(first, images)
     assert torch.equal(corrupt(images, kind, 0.0, generator(1)), images)
@@ -88,11 +87,37 @@ def test_l1_and_l2_losses_and_corrupted_training_pairs():
     assert squared.loss(clean + 0.1, clean).item() == pytest.approx(0.01, abs=1e-6)
 
 
+def test_ssim_losses_are_one_minus_ssim_alone_or_added_to_l1():
+    clean = smooth_images()
+    noisy = corrupt(clean, "gaussian", 0.1, generator())
+    one_minus_ssim = (1 - ssim(noisy, clean)).mean()
+    structural = DenoiseTask(Corruption("gaussian", 0.2), "ssim", generator())
+    assert structural.loss(noisy, clean).item() == pytest.approx(one_minus_ssim.item(), rel=1e-6)
+    assert structural.loss(clean, clean).item() == pytest.approx(0.0, abs=1e-5)
+    combined = DenoiseTask(Corruption("gaussian", 0.2), "l1+ssim", generator())
+    l1 = (noisy - clean).abs().mean()
+    assert combined.loss(noisy, clean).item() == pytest.approx((l1 + one_minus_ssim).item(), rel=1e-6)
+    restored = noisy.clone().requires_grad_(True)
+    combined.loss(restored, clean).backward()
+    assert restored.grad.abs().sum() > 0
+
+
 def loader_of(images: torch.Tensor, batch_size: int = 4, **options) -> BatchLoader:
     arrays = SplitArrays(
-        images.mul(255).round().byte().permute(0, 2, 3, 1).numpy(), np.zeros((len(images),) + images.shape[-2:], np.uint8)
+        images.mul(255).round().byte().permute(0, 2, 3, 1).numpy(),
+        np.zeros((len(images),) + images.shape[-2:], np.uint8),
     )
     return BatchLoader(arrays, batch_size, torch.device("cpu"), **options)
+
+
+@pytest.mark.parametrize("kind", ["ssim", "l1+ssim"])
+def test_the_reported_loss_is_the_chosen_reconstruction_loss(kind):
+    loader = loader_of(smooth_images(8))
+    corruption = Corruption("gaussian", 0.2)
+    scores = reconstruction_scores(None, loader, corruption, kind)
+    l1 = reconstruction_scores(None, loader, corruption, "l1")["loss"]
+    expected = 1 - scores["ssim"] + (l1 if kind == "l1+ssim" else 0.0)
+    assert scores["loss"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_corrupted_input_reference_scores_match_direct_psnr_and_are_repeatable():
@@ -127,15 +152,25 @@ def test_a_denoising_autoencoder_beats_the_corrupted_input_and_round_trips(tmp_p
     task = DenoiseTask(corruption, "l1", generator())
 
     def on_best(best, record):
-        meta = CheckpointMeta("autoencoder", options, 3, ("bg",), (32, 32), record.epoch, "val_psnr",
-                              record.validation["val_psnr"], "denoise")
-        save_checkpoint(tmp_path / "model.pt", best, meta)
+        meta = CheckpointMeta(
+            "autoencoder",
+            options,
+            3,
+            ("bg",),
+            (32, 32),
+            record.epoch,
+            "val_psnr",
+            record.validation["val_psnr"],
+            "denoise",
+        )
+        save_checkpoint(tmp_path / "model.safetensors", best, meta)
 
-    result = fit(model, train, val, task, LoopSettings(12, 5e-3, 0.0, progress=False), NullTracker(), on_best)
+    settings = TrainerSettings(12, 5e-3, 0.0, progress=False)
+    result = Trainer(task, settings, on_best=on_best).fit(model, train, val)
     reference = reconstruction_scores(None, val, corruption)
     assert result.monitor == "val_psnr"
     assert result.best_score > reference["psnr"] + 3, (result.best_score, reference)
-    restored, meta = load_checkpoint(tmp_path / "model.pt")
+    restored, meta = load_checkpoint(tmp_path / "model.safetensors")
     assert isinstance(restored, ReconstructionModel) and meta.task == "denoise"
     scores = reconstruction_scores(restored, val, corruption)
     assert math.isclose(scores["psnr"], result.best_score, rel_tol=1e-5)
@@ -143,22 +178,28 @@ def test_a_denoising_autoencoder_beats_the_corrupted_input_and_round_trips(tmp_p
 
 
 def test_denoise_params_are_validated():
-    params = parse_params({"denoise": {"architectures": ["unet"], "corruption": "masked_patches", "level": 0.5}})
+    settings = {"architectures": ["unet"], "corruption": "masked_patches", "level": 0.5}
+    params = parse_params({"denoise": settings})
     assert params.denoise.architectures == ["unet"] and params.denoise.loss == "l1"
     with pytest.raises(ConfigError, match=r"denoise.corruption"):
         parse_params({"denoise": {"corruption": "blur"}})
+    assert parse_params({"denoise": {"loss": "l1+ssim"}}).denoise.loss == "l1+ssim"
+    with pytest.raises(ConfigError, match=r"denoise.loss"):
+        parse_params({"denoise": {"loss": "dice"}})
     with pytest.raises(ConfigError, match=r"denoise.level"):
         parse_params({"denoise": {"level": 1.5}})
     with pytest.raises(ConfigError, match=r"denoise.architectures.*unknown architecture"):
         parse_params({"denoise": {"architectures": ["vit"]}})
 
 
-@pytest.mark.parametrize(("name", "options"), [("autoencoder", {"depth": 2}), ("unet", {"depth": 2, "base_channels": 4})])
+@pytest.mark.parametrize(
+    ("name", "options"), [("autoencoder", {"depth": 2}), ("unet", {"depth": 2, "base_channels": 4})]
+)
 def test_reconstruction_models_return_images_of_the_input_shape_in_unit_range(name, options):
     model = build_reconstruction_model(name, 3, options)
     images = torch.rand(2, 3, 32, 48)
     restored = model(images)
     assert restored.shape == images.shape and model.output_stride == 4
-    assert 0 <= restored.min() and restored.max() <= 1
+    assert restored.min() >= 0 and restored.max() <= 1
     restored.mean().backward()
     assert all(p.grad is not None for p in model.parameters())

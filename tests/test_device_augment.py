@@ -1,4 +1,5 @@
-"""On-device zoom and colour jitter: mask and image move together, outside pixels are ignored, seeded per batch."""
+"""On-device zoom and colour jitter: mask and image move together, outside pixels are ignored, seeded per
+batch."""
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ def test_colour_jitter_changes_images_within_range_and_leaves_masks():
     masks = torch.randint(0, 3, (4, 16, 16))
     out_images, out_masks = augmenter(images, masks, epoch=1, batch=0)
     assert torch.equal(out_masks, masks)
-    assert 0 <= out_images.min() and out_images.max() <= 1 and not torch.allclose(out_images, images)
+    assert out_images.min() >= 0 and out_images.max() <= 1 and not torch.allclose(out_images, images)
 
 
 def test_hue_rotation_keeps_grey_pixels_grey():
@@ -61,17 +62,26 @@ def test_hue_rotation_keeps_grey_pixels_grey():
 
 def test_loader_applies_the_device_augmenter_reproducibly_per_epoch_and_batch():
     rng = np.random.default_rng(0)
-    arrays = SplitArrays(rng.integers(0, 255, (8, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, (8, 16, 16), dtype=np.uint8))
+    arrays = SplitArrays(
+        rng.integers(0, 255, (8, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, (8, 16, 16), dtype=np.uint8)
+    )
     params = AugmentParams(hflip=True, scale=(0.6, 1.4), color_jitter=ColorJitterParams())
 
     def batches(epoch: int, first: int = 0):
-        loader = BatchLoader(arrays, 4, CPU, shuffle=True, hflip=True, seed=1,
-                             device_augmenter=DeviceAugmenter(params, IGNORE, seed=1, device=CPU))
+        loader = BatchLoader(
+            arrays,
+            4,
+            CPU,
+            shuffle=True,
+            hflip=True,
+            seed=1,
+            device_augmenter=DeviceAugmenter(params, IGNORE, seed=1, device=CPU),
+        )
         loader.set_epoch(epoch)
         return list(loader.batches(first))
 
     first, again, other = batches(1), batches(1), batches(2)
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again, strict=True))
     assert not torch.equal(first[0][0], other[0][0])
     resumed = batches(1, first=1)  # a resumed epoch sees the same augmentations for the batches it still runs
     assert torch.equal(resumed[0][0], first[1][0]) and torch.equal(resumed[0][1], first[1][1])

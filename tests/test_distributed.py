@@ -25,15 +25,15 @@ from segpipe.data.loader import BatchLoader
 from segpipe.tasks.segment import SegmentTask
 from segpipe.training import distributed
 from segpipe.training.distributed import SINGLE_PROCESS, DistributedContext
-from segpipe.training.loop import LoopSettings, TrainingDiverged, TrainResult, fit
-from segpipe.training.state import SavedState, StateStore
+from segpipe.training.state import SavedState, StateStore, read_state
 from segpipe.training.tracker import NullTracker, Tracker
+from segpipe.training.trainer import Trainer, TrainerSettings, TrainingDiverged, TrainResult
 
 WORLD_SIZE = 2
 GLOBAL_BATCH = 4
 EPOCHS = 3  # 16 training samples: 4 steps per epoch
 EVERY = 3  # mid-epoch states after steps 3, 6 and 9
-RESUME_FROM = "state-00000006.pt"  # epoch 2, batch 2
+RESUME_FROM = "state-00000006.safetensors"  # epoch 2, batch 2
 CPU = torch.device("cpu")
 
 
@@ -47,8 +47,10 @@ def tiny_model(batchnorm: bool) -> nn.Module:
 def random_split(count: int, seed: int) -> SplitArrays:
     """Random images and two-class masks without ignored pixels (so per-rank mean losses average exactly)."""
     rng = np.random.default_rng(seed)
-    return SplitArrays(rng.integers(0, 256, (count, 16, 16, 3), dtype=np.uint8),
-                       rng.integers(0, 2, (count, 16, 16), dtype=np.uint8))
+    return SplitArrays(
+        rng.integers(0, 256, (count, 16, 16, 3), dtype=np.uint8),
+        rng.integers(0, 2, (count, 16, 16), dtype=np.uint8),
+    )
 
 
 @dataclasses.dataclass
@@ -86,6 +88,9 @@ class RecordingTracker:
     def log_model(self, model, input_example) -> None:
         self.record("log_model")
 
+    def on_best(self, model, record) -> None:
+        self.record("on_best")
+
 
 class RecordingStore(StateStore):
     """A state store that also records each save with the tracker."""
@@ -110,19 +115,30 @@ def train(
     """Train the tiny model for ``EPOCHS`` on this rank's share of a global batch of ``GLOBAL_BATCH``; with
     ``record_in``, record tracker calls, ``on_best`` calls and state saves there."""
     model = distributed.wrap_model(tiny_model(batchnorm), context, channels_last=channels_last)
-    train_loader = BatchLoader(random_split(16, 0), GLOBAL_BATCH // context.world_size, CPU, shuffle=True,
-                               hflip=True, vflip=True, seed=5, drop_last=True,
-                               rank=context.rank, world_size=context.world_size)
+    train_loader = BatchLoader(
+        random_split(16, 0),
+        GLOBAL_BATCH // context.world_size,
+        CPU,
+        shuffle=True,
+        hflip=True,
+        vflip=True,
+        seed=5,
+        drop_last=True,
+        rank=context.rank,
+        world_size=context.world_size,
+    )
     val_loader = BatchLoader(random_split(8, 1), 8, CPU)
     tracker: Tracker = NullTracker()
-    states, on_best = None, lambda *_: None
+    states, on_best = None, None
     if record_in is not None:
         recorder = tracker = RecordingTracker(record_in, context.rank)
-        states, on_best = RecordingStore(record_in / "states", recorder), lambda *_: recorder.record("on_best")
-    settings = LoopSettings(EPOCHS, 1e-2, 1e-4, progress=False, channels_last=channels_last,
-                            checkpoint_every_steps=EVERY)
+        states, on_best = RecordingStore(record_in / "states", recorder), recorder.on_best
+    settings = TrainerSettings(
+        EPOCHS, 1e-2, 1e-4, progress=False, channels_last=channels_last, checkpoint_every_steps=EVERY
+    )
     task = PoisonedTask(2, 255, context.rank, nan_on_rank_1_at)
-    result = fit(model, train_loader, val_loader, task, settings, tracker, on_best, states, resume, context)
+    trainer = Trainer(task, settings, tracker, on_best=on_best, states=states, context=context)
+    result = trainer.fit(model, train_loader, val_loader, resume)
     return distributed.unwrap(model), result
 
 
@@ -132,13 +148,16 @@ def worker(out: Path) -> None:
     # DDP's warning when the weights' layout changed after wrapping (a gradient copy per step)
     warnings.filterwarnings("error", message="Grad strides do not match bucket view strides")
     with distributed.session(CPU) as context:
-        scenarios = {"plain": {}, "batchnorm": {"batchnorm": True},
-                     "recorded": {"record_in": out, "channels_last": True}}
+        scenarios = {
+            "plain": {},
+            "batchnorm": {"batchnorm": True},
+            "recorded": {"record_in": out, "channels_last": True},
+        }
         for name, options in scenarios.items():
             save_outcome(out / f"{name}-rank{context.rank}.pt", *train(context, **options))
         distributed.barrier(context)  # every state is written before rank 0 reads one
         path = out / "states" / RESUME_FROM
-        state = SavedState(path, torch.load(path, weights_only=True)) if context.is_main else None
+        state = SavedState(path, read_state(path)) if context.is_main else None
         resumed = train(context, channels_last=True, resume=distributed.broadcast_from_main(state, context))
         save_outcome(out / f"resumed-rank{context.rank}.pt", *resumed)
         try:
@@ -148,8 +167,10 @@ def worker(out: Path) -> None:
 
 
 def save_outcome(path: Path, model: nn.Module, result: TrainResult) -> None:
-    history = [{key: value for key, value in dataclasses.asdict(record).items() if "seconds" not in key}
-               for record in result.history]  # what every rank must agree on: all but the timings
+    history = [
+        {key: value for key, value in dataclasses.asdict(record).items() if "seconds" not in key}
+        for record in result.history
+    ]  # what every rank must agree on: all but the timings
     torch.save({"weights": model.state_dict(), "history": history}, path)
 
 
@@ -162,8 +183,9 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The outcomes of the two-process job (``torchrun --standalone``, gloo)."""
     out = tmp_path_factory.mktemp("ddp")
     command = distributed.torchrun_command(Path(__file__), [str(out)], WORLD_SIZE)
-    finished = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                              timeout=180)
+    finished = subprocess.run(
+        command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180
+    )
     assert finished.returncode == 0, (finished.stdout + finished.stderr)[-4000:]
     return out
 
@@ -205,7 +227,8 @@ def test_sync_batchnorm_on_the_cpu_is_a_clear_error():
 def test_only_rank_0_saves_states_calls_on_best_and_logs(two_ranks):
     calls = (two_ranks / "calls-rank0.txt").read_text().splitlines()
     assert not (two_ranks / "calls-rank1.txt").exists()
-    assert [c for c in calls if c.startswith("log_metrics")] == [f"log_metrics {e}" for e in range(1, EPOCHS + 1)]
+    logged = [c for c in calls if c.startswith("log_metrics")]
+    assert logged == [f"log_metrics {e}" for e in range(1, EPOCHS + 1)]
     assert [c for c in calls if c.startswith("save")] == [f"save {s}" for s in (3, 4, 6, 8, 9, 12)]
     assert "on_best" in calls
     ranks = [load_outcome(two_ranks / f"recorded-rank{rank}.pt") for rank in range(WORLD_SIZE)]
@@ -233,8 +256,21 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_at_the_same_step(two_ranks):
 def test_rank_batches_together_are_the_single_process_global_batch():
     split = random_split(13, 3)
     single = BatchLoader(split, 4, CPU, shuffle=True, hflip=True, vflip=True, seed=9, drop_last=True)
-    ranks = [BatchLoader(split, 2, CPU, shuffle=True, hflip=True, vflip=True, seed=9, drop_last=True,
-                         rank=rank, world_size=2) for rank in range(2)]
+    ranks = [
+        BatchLoader(
+            split,
+            2,
+            CPU,
+            shuffle=True,
+            hflip=True,
+            vflip=True,
+            seed=9,
+            drop_last=True,
+            rank=rank,
+            world_size=2,
+        )
+        for rank in range(2)
+    ]
     for loader in (single, *ranks):
         loader.set_epoch(4)
     assert len(single) == len(ranks[0]) == len(ranks[1]) == 3
@@ -249,18 +285,26 @@ def test_rank_batches_together_are_the_single_process_global_batch():
 
 def test_fit_refuses_a_model_or_loader_not_set_up_for_its_context():
     loader = BatchLoader(random_split(8, 0), 2, CPU, drop_last=True)
-    settings = LoopSettings(1, 1e-2, 0.0, progress=False)
+    settings = TrainerSettings(1, 1e-2, 0.0, progress=False)
+    trainer = Trainer(SegmentTask(2, 255), settings, context=DistributedContext(0, 2, 0, "gloo"))
     with pytest.raises(ValueError, match="wrap the model"):
-        fit(tiny_model(False), loader, loader, SegmentTask(2, 255), settings, NullTracker(), lambda *_: None,
-            context=DistributedContext(0, 2, 0, "gloo"))
+        trainer.fit(tiny_model(False), loader, loader)
 
 
 def test_context_comes_from_the_launcher_environment():
-    torchrun = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "node0", "MASTER_PORT": "29500"}
+    torchrun = {
+        "RANK": "3",
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "1",
+        "MASTER_ADDR": "node0",
+        "MASTER_PORT": "29500",
+    }
     assert DistributedContext.from_environment(CPU, {}) == SINGLE_PROCESS
-    assert DistributedContext.from_environment(CPU, {**torchrun, "RANK": "0", "WORLD_SIZE": "1"}) == SINGLE_PROCESS
+    one_rank = {**torchrun, "RANK": "0", "WORLD_SIZE": "1"}
+    assert DistributedContext.from_environment(CPU, one_rank) == SINGLE_PROCESS
     on_cpu = DistributedContext.from_environment(CPU, torchrun)
-    assert on_cpu == DistributedContext(3, 4, 1, "gloo") and not on_cpu.is_main and on_cpu.local_device(CPU) == CPU
+    assert on_cpu == DistributedContext(3, 4, 1, "gloo") and not on_cpu.is_main
+    assert on_cpu.local_device(CPU) == CPU
     on_cuda = DistributedContext.from_environment(torch.device("cuda"), torchrun)
     assert on_cuda.backend == "nccl" and on_cuda.local_device(torch.device("cuda")) == torch.device("cuda", 1)
 
@@ -280,24 +324,35 @@ def test_a_plain_process_initialises_nothing(monkeypatch):
 
 def test_torchrun_command_for_one_node_and_for_several():
     python = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4"]
-    assert distributed.torchrun_command("pipelines/train.py", ["--architecture", "unet"], 4) == [
-        *python, "--standalone", "pipelines/train.py", "--architecture", "unet"]
-    assert distributed.torchrun_command("train.py", [], 4, nnodes=2, node_rank=1, rdzv_endpoint="node0:29400") == [
-        *python, "--nnodes", "2", "--node-rank", "1", "--rdzv-endpoint", "node0:29400", "train.py"]
+    one_node = distributed.torchrun_command("pipelines/train.py", ["--architecture", "unet"], 4)
+    assert one_node == [*python, "--standalone", "pipelines/train.py", "--architecture", "unet"]
+    several = distributed.torchrun_command(
+        "train.py", [], 4, nnodes=2, node_rank=1, rdzv_endpoint="node0:29400"
+    )
+    assert several == [
+        *python,
+        "--nnodes",
+        "2",
+        "--node-rank",
+        "1",
+        "--rdzv-endpoint",
+        "node0:29400",
+        "train.py",
+    ]
     with pytest.raises(ValueError, match="rendezvous endpoint"):
         distributed.torchrun_command("train.py", [], 4, nnodes=2)
 
 
-def test_a_stage_relaunches_under_torchrun_only_when_it_asks_for_several_processes_and_is_not_under_it(monkeypatch):
+def test_a_stage_relaunches_under_torchrun_only_for_several_processes_and_not_under_it(monkeypatch):
     torchrun = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
     assert not distributed.needs_torchrun(1, {})
     assert distributed.needs_torchrun(2, {})
     assert not distributed.needs_torchrun(2, torchrun)
     executed = []
     monkeypatch.setattr(os, "execv", lambda path, argv: executed.append((path, argv)))
-    distributed.exec_torchrun(distributed.torchrun_command("pipelines/train.py", ["--architecture", "unet"], 2))
-    assert executed == [(sys.executable, distributed.torchrun_command("pipelines/train.py",
-                                                                      ["--architecture", "unet"], 2))]
+    command = distributed.torchrun_command("pipelines/train.py", ["--architecture", "unet"], 2)
+    distributed.exec_torchrun(command)
+    assert executed == [(sys.executable, command)]
 
 
 if __name__ == "__main__":

@@ -150,13 +150,19 @@ def test_checksum_mismatch_leaves_no_partial_files(tmp_path, monkeypatch):
     only_test_archive(monkeypatch, "0" * 64)
     root = tmp_path / "root"
     with pytest.raises(DatasetError, match="example.test/data.tar.gz.*SHA-256"):
-        download_dataset("voc", root, progress=False, opener=FakeOpener({TEST_URL: make_tar({"a.txt": b"a"})}))
+        download_dataset(
+            "voc", root, progress=False, opener=FakeOpener({TEST_URL: make_tar({"a.txt": b"a"})})
+        )
     assert entries(tmp_path) == []
 
 
 @pytest.mark.parametrize(
     "payload",
-    [make_tar({"../evil.txt": b"x"}), make_tar({"/tmp/evil.txt": b"x"}), make_zip({"ok/../../evil.txt": b"x"})],
+    [
+        make_tar({"../evil.txt": b"x"}),
+        make_tar({"/tmp/evil.txt": b"x"}),
+        make_zip({"ok/../../evil.txt": b"x"}),
+    ],
     ids=["tar-dotdot", "tar-absolute", "zip-dotdot"],
 )
 def test_path_traversal_member_is_rejected(tmp_path, monkeypatch, payload):
@@ -170,7 +176,10 @@ def test_path_traversal_member_is_rejected(tmp_path, monkeypatch, payload):
 
 @pytest.mark.parametrize(
     "error",
-    [urllib.error.HTTPError(TEST_URL, 503, "Service Unavailable", Message(), None), urllib.error.URLError("offline")],
+    [
+        urllib.error.HTTPError(TEST_URL, 503, "Service Unavailable", Message(), None),
+        urllib.error.URLError("offline"),
+    ],
     ids=["http", "network"],
 )
 def test_network_failure_names_url_and_keeps_root(tmp_path, monkeypatch, error):
@@ -229,8 +238,10 @@ def test_prepare_stage_downloads_only_when_asked(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(download_module, "download_dataset", fake_download)
     params = tmp_path / "params.yaml"
     root = tmp_path / "pets"
-    for download in (False, True):
-        params.write_text(yaml.safe_dump({"prepare": {"dataset": "oxford_pets", "root": str(root), "download": download}}))
+    for enabled in (False, True):
+        params.write_text(
+            yaml.safe_dump({"prepare": {"dataset": "oxford_pets", "root": str(root), "download": enabled}})
+        )
         assert prepare_main(["--params", str(params), "--root", str(tmp_path)]) == 1
     assert calls == [("oxford_pets", root)]
     err = capsys.readouterr().err

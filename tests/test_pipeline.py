@@ -15,9 +15,8 @@ import pandas as pd
 import pytest
 import requests
 import yaml
-from PIL import Image
-
 from mlflow_server import MlflowServer
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHITECTURES = ["unet", "fcn8s", "smp_unet"]
@@ -48,7 +47,9 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
         env.setdefault(f"GIT_{role}_EMAIL", "test@segpipe.invalid")
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+        raise AssertionError(
+            f"{cmd} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
     return result
 
 
@@ -86,9 +87,16 @@ def test_all_stages_write_their_outputs(project):
     for architecture in ARCHITECTURES:
         assert (project / "models" / architecture / "model.safetensors").is_file()
         metrics = json.loads((project / "reports/metrics" / f"{architecture}.json").read_text())
-        assert 0.0 <= metrics["test_miou"] <= 1.0
-        assert set(metrics["test_per_class_iou"]) >= {"background"}
+        assert 0.0 <= metrics["test_miou"] <= 1.0 and "test_iou_background" in metrics
+        assert not [key for key, value in metrics.items() if isinstance(value, (list, dict))]  # scalars only
         assert metrics["params_m"] > 0 and metrics["infer_img_per_s"] > 0
+        confusion = pd.read_csv(project / "reports/confusion" / f"{architecture}.csv", index_col=0)
+        assert list(confusion.index) == list(confusion.columns) and "background" in confusion.columns
+        assert (
+            confusion.to_numpy().sum() == 8 * 32 * 32
+        )  # every test pixel (no ignore label in synthetic data)
+        curves = pd.read_csv(project / "reports/curves" / f"{architecture}.csv")
+        assert list(curves["epoch"]) == [1] and {"train_loss", "val_miou"} <= set(curves.columns)
     board = pd.read_csv(project / "reports/leaderboard.csv")
     assert set(board["architecture"]) == {*ARCHITECTURES, "majority_class"}
     assert board["test_miou"].is_monotonic_decreasing
@@ -96,7 +104,9 @@ def test_all_stages_write_their_outputs(project):
     assert set(board.loc[board["architecture"] == "unet", "family"]) == {"builtin"}
     summary = json.loads((project / "reports/leaderboard.json").read_text())  # a DVC metrics file for sweeps
     assert summary["best_architecture"] == board.loc[board["family"] != "reference", "architecture"].iloc[0]
-    assert summary["best_test_miou"] == max(summary["test_miou"].values()) and set(summary["test_miou"]) == set(ARCHITECTURES)
+    assert summary["best_test_miou"] == max(summary["test_miou"].values()) and set(
+        summary["test_miou"]
+    ) == set(ARCHITECTURES)
     markdown = (project / "reports/leaderboard.md").read_text()
     assert all(f"| {name} |" in markdown for name in ARCHITECTURES)
     assert (project / "reports/plots/leaderboard.png").stat().st_size > 1000
@@ -105,6 +115,7 @@ def test_all_stages_write_their_outputs(project):
     assert denoiser["test_psnr"] > 0 and 0 < denoiser["input_ssim"] < 1
     assert (project / "models/denoise/autoencoder/model.safetensors").is_file()
     assert (project / "reports/plots/denoise/autoencoder.png").stat().st_size > 1000
+    assert "val_psnr" in pd.read_csv(project / "reports/curves/denoise/autoencoder.csv").columns
     denoise_board = pd.read_csv(project / "reports/leaderboard_denoise.csv")
     assert set(denoise_board["architecture"]) == {"autoencoder", "corrupted_input"}
     assert "## Denoising" in markdown and "| autoencoder |" in markdown.split("## Denoising")[1]
@@ -121,16 +132,22 @@ def test_registry_holds_the_best_model_under_challenger(project, mlflow_server):
     best = board[board["architecture"] != "majority_class"].iloc[0]["architecture"]
     assert record["name"] == "segpipe-synthetic" and record["alias"] == "challenger"
     assert record["architecture"] == best and record["tracking_uri"] == mlflow_server
+    tracked = json.loads((project / "reports/tracking.json").read_text())
+    assert {
+        (run["architecture"], run["task"]) for run in tracked["runs"] if run["run_id"] and run["model_uri"]
+    } == {*((name, "segment") for name in ARCHITECTURES), ("autoencoder", "denoise")}
+    assert record["run_id"] == next(run["run_id"] for run in tracked["runs"] if run["architecture"] == best)
     mlflow.set_tracking_uri(mlflow_server)
     client = mlflow.MlflowClient()
     version = client.get_model_version_by_alias("segpipe-synthetic", "challenger")
     assert str(version.version) == record["version"]
-    assert "test_miou" in version.description and "data hash `dvc:" in version.description and "| lr |" in version.description
-    model = mlflow.pytorch.load_model("models:/segpipe-synthetic@challenger")  # artifacts served over HTTP
-    import torch
-
-    with torch.no_grad():
-        logits = model(torch.rand(2, 3, 64, 96))
+    assert (
+        "test_miou" in version.description
+        and "data hash `dvc:" in version.description
+        and "| lr |" in version.description
+    )
+    model = mlflow.pyfunc.load_model("models:/segpipe-synthetic@challenger")  # artifacts served over HTTP
+    logits = model.predict(np.random.default_rng(0).random((2, 3, 64, 96), dtype=np.float32))
     assert logits.shape == (2, 6, 64, 96)
 
 
@@ -146,26 +163,42 @@ def api(server: str, endpoint: str, **payload) -> dict:
 
 def test_rest_api_shows_one_parent_run_with_a_nested_run_per_model(project, mlflow_server):
     experiment = api(mlflow_server, "experiments/get-by-name?experiment_name=segpipe-synthetic")["experiment"]
-    runs = api(mlflow_server, "runs/search", experiment_ids=[experiment["experiment_id"]], max_results=200)["runs"]
-    tags = {run["info"]["run_id"]: {t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in runs}
+    experiment_ids = [experiment["experiment_id"]]
+    runs = api(mlflow_server, "runs/search", experiment_ids=experiment_ids, max_results=200)["runs"]
+    tags = {
+        run["info"]["run_id"]: {t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in runs
+    }
     first_repro = [run_id for run_id, t in tags.items() if "segpipe.pipeline" in t]
-    parent = min(first_repro, key=lambda run_id: next(r for r in runs if r["info"]["run_id"] == run_id)["info"]["start_time"])
+    parent = min(
+        first_repro,
+        key=lambda run_id: next(r for r in runs if r["info"]["run_id"] == run_id)["info"]["start_time"],
+    )
     children = [r for r in runs if tags[r["info"]["run_id"]].get("mlflow.parentRunId") == parent]
-    names = {tags[r["info"]["run_id"]]["architecture"] + ("" if tags[r["info"]["run_id"]]["task"] == "segment" else "/denoise")
-             for r in children}
+    names = {
+        tags[r["info"]["run_id"]]["architecture"]
+        + ("" if tags[r["info"]["run_id"]]["task"] == "segment" else "/denoise")
+        for r in children
+    }
     assert names == {*ARCHITECTURES, "autoencoder/denoise"}
     for child in children:
         metrics = {m["key"] for m in child["data"]["metrics"]}
         params = {p["key"] for p in child["data"]["params"]}
         assert {"arch", "upsample", "lr", "epochs", "batch_size", "image_size", "params_m"} <= params
         if tags[child["info"]["run_id"]]["task"] == "segment":
-            assert {"val_miou", "test_miou", "test_dice", "test_pixel_acc", "test_iou_background", "infer_img_per_s"} <= metrics
+            assert {
+                "val_miou",
+                "test_miou",
+                "test_dice",
+                "test_pixel_acc",
+                "test_iou_background",
+                "infer_img_per_s",
+            } <= metrics
             listed = api(mlflow_server, f"artifacts/list?run_id={child['info']['run_id']}")
             files = {f["path"] for f in listed.get("files", [])}
             assert {"confusion_matrix.png", "per_class_iou.png", "predictions.png"} <= files, files
         child_tags = tags[child["info"]["run_id"]]
         assert {"git_commit", "data_hash", "device", "torch_version"} <= set(child_tags)
-    logged = api(mlflow_server, "logged-models/search", experiment_ids=[experiment["experiment_id"]])["models"]
+    logged = api(mlflow_server, "logged-models/search", experiment_ids=experiment_ids)["models"]
     sources = {model["info"]["source_run_id"] for model in logged}
     assert {child["info"]["run_id"] for child in children} <= sources  # every nested run logged its model
     parent_run = next(r for r in runs if r["info"]["run_id"] == parent)
@@ -179,20 +212,41 @@ CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser")
 
 
 def headless_chromium(*args: str) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-             "--disable-dev-shm-usage", "--virtual-time-budget=30000"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        "--virtual-time-budget=30000",
+    ]
     return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=180)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH: scripts/install_chromium.sh installs Debian's")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium on PATH: scripts/install_chromium.sh installs Debian's"
+)
 def test_mlflow_ui_compare_page_lines_up_the_architectures(project, mlflow_server):
     experiment = api(mlflow_server, "experiments/get-by-name?experiment_name=segpipe-synthetic")["experiment"]
-    runs = api(mlflow_server, "runs/search", experiment_ids=[experiment["experiment_id"]], max_results=200)["runs"]
-    tags = {run["info"]["run_id"]: {t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in runs}
-    parent = min((r for r in runs if "segpipe.pipeline" in tags[r["info"]["run_id"]]), key=lambda r: r["info"]["start_time"])
-    children = [r["info"]["run_id"] for r in runs if tags[r["info"]["run_id"]].get("mlflow.parentRunId") == parent["info"]["run_id"]]
-    url = (f"{mlflow_server}/#/compare-runs?runs={json.dumps(children, separators=(',', ':'))}"
-           f"&experiments={json.dumps([experiment['experiment_id']])}")
+    experiment_ids = [experiment["experiment_id"]]
+    runs = api(mlflow_server, "runs/search", experiment_ids=experiment_ids, max_results=200)["runs"]
+    tags = {
+        run["info"]["run_id"]: {t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in runs
+    }
+    parent = min(
+        (r for r in runs if "segpipe.pipeline" in tags[r["info"]["run_id"]]),
+        key=lambda r: r["info"]["start_time"],
+    )
+    children = [
+        r["info"]["run_id"]
+        for r in runs
+        if tags[r["info"]["run_id"]].get("mlflow.parentRunId") == parent["info"]["run_id"]
+    ]
+    url = (
+        f"{mlflow_server}/#/compare-runs?runs={json.dumps(children, separators=(',', ':'))}"
+        f"&experiments={json.dumps([experiment['experiment_id']])}"
+    )
     page = headless_chromium("--dump-dom", url)
     assert page.returncode == 0, page.stderr[-2000:]
     for name in ARCHITECTURES:
@@ -212,8 +266,26 @@ def test_second_repro_runs_nothing(project):
 def test_metrics_and_plots_are_declared(project):
     shown = run(["dvc", "metrics", "show", "--json"], project).stdout
     assert "test_miou" in shown
-    plots = run(["dvc", "plots", "show", "--json"], project).stdout
-    assert "leaderboard.csv" in plots
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)
+    assert not plots.get("errors"), plots["errors"]
+    assert {
+        "reports/leaderboard.csv",
+        "reports/curves/unet.csv",
+        "reports/curves/denoise/autoencoder.csv",
+    } <= set(plots["data"])
+
+
+def test_pointing_tracking_elsewhere_reruns_only_tracking_stages(project):
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["tracking"]["uri"] = "http://127.0.0.1:1"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        changed = set(json.loads(run(["dvc", "status", "--json"], project).stdout))
+    finally:
+        params_file.write_text(original)
+    assert changed == {"track", "register"}, changed
 
 
 def test_experiment_with_changed_param_reruns_training(project):
@@ -253,7 +325,9 @@ def test_make_retrain_registers_a_new_challenger_and_follows_the_gate(project, m
     assert int(second_challenger) > int(first_challenger)  # the retrained best model is a new version
     assert second["challenger_version"] == second_challenger
     comparison = second["comparison"]
-    passes = comparison is not None and comparison["delta"] >= second["min_delta"] and comparison["ci_low"] > 0
+    passes = (
+        comparison is not None and comparison["delta"] >= second["min_delta"] and comparison["ci_low"] > 0
+    )
     assert second["promoted"] == passes
     champion_after = client.get_registered_model("segpipe-synthetic").aliases.get("champion")
     assert str(champion_after) == (second_challenger if passes else str(champion_before))
@@ -264,7 +338,7 @@ def test_dvc_remote_round_trip_restores_data_and_models_so_repro_runs_nothing(pr
     everything is back and ``dvc repro`` has nothing to do."""
     assert run(["dvc", "remote", "list"], project).stdout.strip(), "make retrain configured no remote"
     run(["dvc", "push"], project)
-    checkpoint = project / "models" / "unet" / "model.pt"
+    checkpoint = project / "models" / "unet" / "model.safetensors"
     before = checkpoint.read_bytes()
     for path in (project / ".dvc" / "cache", project / "data" / "prepared", project / "models"):
         shutil.rmtree(path)

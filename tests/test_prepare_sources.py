@@ -1,8 +1,10 @@
-"""End to end through the real prepare stage: a corpus of broken datasets, tricky-but-valid ones and official layouts.
+"""End to end through the real prepare stage: a corpus of broken datasets, tricky-but-valid ones and official
+layouts.
 
 Every broken case copies one good ``folder`` dataset (and the data/prepared built from it), breaks it, runs
-``pipelines/prepare.py`` and checks that the stage exits with 1 and one ``error:`` message naming the offending file
-and the problem, and that the previously prepared data/prepared is byte-for-byte unchanged, with no temp dirs left.
+``pipelines/prepare.py`` and checks that the stage exits with 1 and one ``error:`` message naming the
+offending file and the problem, and that the previously prepared data/prepared is byte-for-byte unchanged,
+with no temp dirs left.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def _load_stage():
 STAGE = _load_stage()
 
 
-# --- building datasets -----------------------------------------------------------------------------------------------
+# --- building datasets --------------------------------------------------------------------------------------
 
 
 def save(path: Path, pixels: np.ndarray | Image.Image, **options) -> Path:
@@ -59,7 +61,8 @@ def image_pixels(seed: int, size: tuple[int, int] = SOURCE_SIZE) -> np.ndarray:
 
 
 def mask_pixels(seed: int, size: tuple[int, int] = SOURCE_SIZE) -> np.ndarray:
-    """Class ids 0..2 in 4x4 blocks (so nearest resizing keeps every class) and an ignore border on the top row."""
+    """Class ids 0..2 in 4x4 blocks (so nearest resizing keeps every class) and an ignore border on the top
+    row."""
     blocks = np.random.default_rng(seed + 1000).integers(0, 3, (size[0] // 4, size[1] // 4), dtype=np.uint8)
     blocks.flat[:3] = [0, 1, 2]
     mask = np.kron(blocks, np.ones((4, 4), np.uint8))
@@ -70,7 +73,8 @@ def mask_pixels(seed: int, size: tuple[int, int] = SOURCE_SIZE) -> np.ndarray:
 def make_folder(
     root: Path, counts: dict[str, int] = COUNTS, classes: tuple[str, ...] = CLASSES, masks: bool = True
 ) -> Path:
-    """``<root>/<split>/images|masks/<split>_<i>.png`` and ``classes.txt``; ``masks=False`` leaves masks/ out."""
+    """``<root>/<split>/images|masks/<split>_<i>.png`` and ``classes.txt``; ``masks=False`` leaves masks/
+    out."""
     for offset, (split, count) in enumerate(counts.items()):
         for index in range(count):
             seed = 100 * offset + index
@@ -91,7 +95,12 @@ def tree_digest(folder: Path) -> dict[str, str]:
 
 def run_stage(project: Path, **prepare) -> int:
     """Run pipelines/prepare.py on ``project`` (folder dataset under ``project/raw`` unless overridden)."""
-    section = {"dataset": "folder", "root": str(project / "raw"), "image_size": list(TARGET_SIZE), "workers": 1}
+    section = {
+        "dataset": "folder",
+        "root": str(project / "raw"),
+        "image_size": list(TARGET_SIZE),
+        "workers": 1,
+    }
     section.update(prepare)
     params_file = project / "params.yaml"
     params_file.write_text(yaml.safe_dump({"prepare": section, "tracking": {"enabled": False}}))
@@ -109,7 +118,7 @@ def nearest(mask: np.ndarray, size: tuple[int, int] = TARGET_SIZE) -> np.ndarray
     return np.array(Image.fromarray(mask).resize(size[::-1], Image.Resampling.NEAREST))
 
 
-# --- the good dataset, prepared once ---------------------------------------------------------------------------------
+# --- the good dataset, prepared once ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -151,12 +160,15 @@ def test_good_folder_dataset(good: Good) -> None:
     assert os.listdir(good.prepared.parent) == ["prepared"]
 
 
-# --- broken datasets: refused, naming the file, nothing written --------------------------------------------------------
+# --- broken datasets: refused, naming the file, nothing written ---------------------------------------------
 
 
-def assert_refused(project: Path, code: int, err: str, offending: tuple[Path, ...], phrase: str, good: Good) -> None:
+def assert_refused(
+    project: Path, code: int, err: str, offending: tuple[Path, ...], phrase: str, good: Good
+) -> None:
     assert code == 1
     assert err.startswith("error: ") and "Traceback" not in err
+    assert "DatasetError" not in err  # each problem in its own words, not wrapped in another one's message
     for path in offending:
         assert path.name in err, f"{path.name} not named in: {err}"
     assert phrase in err, f"{phrase!r} not in: {err}"
@@ -189,7 +201,9 @@ def mask_without_image(raw: Path) -> Path:
 
 
 def size_mismatch(raw: Path) -> tuple[Path, Path]:
-    return raw / "train" / "images" / "train_3.png", rewrite(raw / "train" / "masks" / "train_3.png", mask_pixels(3, (20, 32)))
+    return raw / "train" / "images" / "train_3.png", rewrite(
+        raw / "train" / "masks" / "train_3.png", mask_pixels(3, (20, 32))
+    )
 
 
 def mask_value_out_of_range(raw: Path) -> Path:
@@ -205,7 +219,11 @@ def rewrite_masks(raw: Path, convert: Callable[[Path, np.ndarray], None]) -> Non
 
 
 VOID = (255, 255, 255)
-RGB_PARAMS = {"mask_format": "rgb", "palette": [*map(list, PALETTE), list(VOID)], "classes": [*CLASSES, "void"]}
+RGB_PARAMS = {
+    "mask_format": "rgb",
+    "palette": [*map(list, PALETTE), list(VOID)],
+    "classes": [*CLASSES, "void"],
+}
 
 
 def as_rgb(path: Path, ids: np.ndarray) -> None:
@@ -235,31 +253,75 @@ def same_image_in_train_and_test(raw: Path) -> tuple[Path, Path]:
     return original, rewrite(raw / "test" / "images" / "test_0.png", original.read_bytes())
 
 
+def saved_as(real_format: str) -> Callable[[Path], Path]:
+    """Breaks a dataset by saving one image in ``real_format`` under its .png name."""
+
+    def breaks(raw: Path) -> Path:
+        path = raw / "val" / "images" / "val_1.png"
+        Image.fromarray(image_pixels(0)).save(path, format=real_format)
+        return path
+
+    return breaks
+
+
+def huge_image(raw: Path) -> Path:
+    """9000x9000 px (81 megapixels): over the default limit, cheap to write as a constant 1-bit PNG."""
+    return save(raw / "train" / "images" / "train_2.png", Image.new("1", (9000, 9000)))
+
+
 def bad_files_in_two_splits(raw: Path) -> tuple[Path, Path]:
-    return truncate(raw / "train" / "masks" / "train_5.png"), rewrite(raw / "test" / "images" / "test_1.png", b"")
+    return truncate(raw / "train" / "masks" / "train_5.png"), rewrite(
+        raw / "test" / "images" / "test_1.png", b""
+    )
 
 
 @dataclass(frozen=True)
 class Case:
-    breaks: Callable[[Path], Path | tuple[Path, ...]]  # breaks the dataset in raw/, returns the files to be named
+    breaks: Callable[
+        [Path], Path | tuple[Path, ...]
+    ]  # breaks the dataset in raw/, returns the files to be named
     phrase: str
-    params: dict = field(default_factory=dict)  # prepare settings; "{project}" in a string is the project folder
+    params: dict = field(
+        default_factory=dict
+    )  # prepare settings; "{project}" in a string is the project folder
 
 
 CASES = {
-    "truncated_png": Case(lambda raw: truncate(raw / "train" / "images" / "train_1.png"), "truncated or corrupt", {"workers": 2}),
-    "text_file_named_png": Case(
-        lambda raw: rewrite(raw / "test" / "images" / "test_0.png", "not an image\n"), "not an image in a known format"
+    "truncated_png": Case(
+        lambda raw: truncate(raw / "train" / "images" / "train_1.png"), "truncated or corrupt", {"workers": 2}
     ),
-    "zero_byte_image": Case(lambda raw: rewrite(raw / "train" / "images" / "train_4.png", b""), "empty (0 bytes)"),
+    "text_file_named_png": Case(
+        lambda raw: rewrite(raw / "test" / "images" / "test_0.png", "not an image\n"),
+        "not an image in a known format",
+    ),
+    "zero_byte_image": Case(
+        lambda raw: rewrite(raw / "train" / "images" / "train_4.png", b""), "empty (0 bytes)"
+    ),
     "image_without_mask": Case(image_without_mask, "image has no mask val_0.*"),
     "mask_without_image": Case(mask_without_image, "mask has no image test_2.*"),
     "size_mismatch": Case(size_mismatch, "image is 32x24 (WxH) but its mask"),
-    "mask_value_out_of_range": Case(mask_value_out_of_range, "mask values [7] are not class ids 0..2", {"workers": 2}),
-    "colour_not_in_palette": Case(colour_not_in_palette, "colour(s) not in the palette: (255, 0, 255)", RGB_PARAMS),
+    "mask_value_out_of_range": Case(
+        mask_value_out_of_range, "mask values [7] are not class ids 0..2", {"workers": 2}
+    ),
+    "colour_not_in_palette": Case(
+        colour_not_in_palette, "colour(s) not in the palette: (255, 0, 255)", RGB_PARAMS
+    ),
+    "gif_named_png": Case(saved_as("GIF"), "the image file holds a GIF image, not PNG, JPEG, TIFF or BMP"),
+    "eps_named_png": Case(saved_as("EPS"), "the image file holds a PostScript (EPS) image"),
+    "huge_image": Case(
+        huge_image, "the image is 9000x9000 px, more than prepare handles (8192 px a side, 64 megapixels)"
+    ),
+    "image_over_a_lowered_limit": Case(
+        lambda raw: raw / "train" / "images" / "train_0.png",
+        "the image is 32x24 px, more than prepare handles (8192 px a side, 0.0005 megapixels). "
+        "Fix: downscale the image, or raise prepare.max_image_side / prepare.max_image_pixels",
+        {"max_image_pixels": 500},
+    ),
     "empty_dataset_folder": Case(empty_folder, "no images found"),
     "same_image_in_train_and_test": Case(same_image_in_train_and_test, "the same image is in train and test"),
-    "bad_files_in_two_splits_all_reported": Case(bad_files_in_two_splits, "2 of 12 samples cannot be used", {"workers": 2}),
+    "bad_files_in_two_splits_all_reported": Case(
+        bad_files_in_two_splits, "2 of 12 samples cannot be used", {"workers": 2}
+    ),
     "missing_root": Case(
         lambda raw: raw.parent / "no_such_dataset", "set prepare.root", {"root": "{project}/no_such_dataset"}
     ),
@@ -267,10 +329,15 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_broken_dataset_is_refused(name: str, project: Path, good: Good, capsys: pytest.CaptureFixture[str]) -> None:
+def test_broken_dataset_is_refused(
+    name: str, project: Path, good: Good, capsys: pytest.CaptureFixture[str]
+) -> None:
     case = CASES[name]
     offending = case.breaks(project / "raw")
-    params = {key: value.format(project=project) if isinstance(value, str) else value for key, value in case.params.items()}
+    params = {
+        key: value.format(project=project) if isinstance(value, str) else value
+        for key, value in case.params.items()
+    }
     code = run_stage(project, **params)
     offending = offending if isinstance(offending, tuple) else (offending,)
     assert_refused(project, code, capsys.readouterr().err, offending, case.phrase, good)
@@ -283,26 +350,69 @@ def test_unreadable_file_is_refused(
     if os.geteuid() != 0:
         unreadable.chmod(0)
     else:  # root reads any file whatever its mode: make the decoder see what a normal user would
-        real_open = Image.open
+        real_open = Path.open
 
         def denied(path, *args, **kwargs):
-            if Path(path) == unreadable:
+            if path == unreadable:
                 raise PermissionError(13, "Permission denied", str(path))
             return real_open(path, *args, **kwargs)
 
-        monkeypatch.setattr(Image, "open", denied)
+        monkeypatch.setattr(Path, "open", denied)
     try:
         code = run_stage(project)
     finally:
         unreadable.chmod(0o644)
-    assert_refused(project, code, capsys.readouterr().err, (unreadable,), "not readable (permission denied)", good)
+    assert_refused(
+        project, code, capsys.readouterr().err, (unreadable,), "not readable (permission denied)", good
+    )
 
 
-# --- tricky but valid datasets -----------------------------------------------------------------------------------------
+# --- tricky but valid datasets ------------------------------------------------------------------------------
+
+
+ORIENTATION = 0x0112
+
+
+def phone_photo(path: Path, displayed: np.ndarray) -> Path:
+    """``displayed`` saved as a phone does: pixels stored sideways with EXIF orientation 6 (rotate 90 degrees
+    clockwise to show)."""
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    stored = Image.fromarray(displayed).transpose(Image.Transpose.ROTATE_90)
+    stored.save(path, exif=exif.tobytes(), quality=95)
+    return path
+
+
+def colour_agreement(image: np.ndarray, mask: np.ndarray) -> float:
+    """Share of pixels whose nearest PALETTE colour is the mask's class."""
+    distances = ((image[..., None, :].astype(int) - np.array(PALETTE)) ** 2).sum(-1)
+    return float((distances.argmin(-1) == mask).mean())
+
+
+@pytest.mark.parametrize("size", [(32, 32), (24, 40)], ids=["square", "non_square"])
+def test_exif_rotated_photo_is_prepared_upright_with_its_mask(project: Path, size: tuple[int, int]) -> None:
+    """A phone JPEG stored sideways, its mask drawn on the photo as displayed: both agree once prepared, and
+    the manifest says which sample was rotated."""
+    raw = project / "raw"
+    ids = np.zeros(size, np.uint8)
+    ids[: size[0] // 2, : size[1] // 3] = 1  # top-left corner
+    ids[-size[0] // 4 :] = 2  # bottom band
+    (raw / "train" / "images" / "train_0.png").unlink()
+    phone_photo(raw / "train" / "images" / "train_0.jpg", np.asarray(PALETTE, np.uint8)[ids])
+    save(raw / "train" / "masks" / "train_0.png", ids)
+    assert run_stage(project) == 0
+    prepared = project / "data" / "prepared"
+    manifest = read_manifest(prepared).set_index("id")
+    rotated = manifest.index[manifest["exif_orientation"] != 1].tolist()
+    assert rotated == ["train/train_0"] and manifest.loc["train/train_0", "exif_orientation"] == 6
+    arrays = load_split(prepared, "train")
+    index = manifest.loc["train/train_0", "index"]
+    assert colour_agreement(arrays.images[index], arrays.masks[index]) > 0.9
 
 
 def sixteen_bit_or_palette(path: Path, ids: np.ndarray) -> None:
-    """Even samples as 16-bit (I;16) masks, odd ones as palette (P) masks whose colours are not the class ids."""
+    """Even samples as 16-bit (I;16) masks, odd ones as palette (P) masks whose colours are not the class
+    ids."""
     if int(path.stem.rsplit("_", 1)[1]) % 2 == 0:
         save(path, ids.astype(np.uint16))
         assert Image.open(path).mode.startswith("I")
@@ -317,11 +427,15 @@ def sixteen_bit_or_palette(path: Path, ids: np.ndarray) -> None:
     [(sixteen_bit_or_palette, {}), (as_rgb, RGB_PARAMS)],
     ids=["16bit_and_palette_index_masks", "rgb_colour_masks"],
 )
-def test_other_mask_encodings_give_the_same_class_ids(convert, params: dict, project: Path, good: Good) -> None:
+def test_other_mask_encodings_give_the_same_class_ids(
+    convert, params: dict, project: Path, good: Good
+) -> None:
     rewrite_masks(project / "raw", convert)
     assert run_stage(project, **params) == 0
     expected = cache_masks(good.prepared)
-    if convert is as_rgb:  # the white colour is class 3 ("void") here, where the class-id masks had the ignore value
+    if (
+        convert is as_rgb
+    ):  # the white colour is class 3 ("void") here, where the class-id masks had the ignore value
         expected = {key: np.where(mask == IGNORE, 3, mask) for key, mask in expected.items()}
     got = cache_masks(project / "data" / "prepared")
     assert got.keys() == expected.keys()
@@ -379,14 +493,17 @@ def test_only_train_is_carved_deterministically(tmp_path: Path) -> None:
     params = PrepareParams(dataset="folder", root=str(raw), image_size=TARGET_SIZE, workers=1)
     first, second = prepare_dataset(params, tmp_path / "first"), prepare_dataset(params, tmp_path / "second")
     assert first.split_sizes == second.split_sizes == {"train": 8, "val": 2, "test": 2}
-    assert (tmp_path / "first" / "manifest.csv").read_bytes() == (tmp_path / "second" / "manifest.csv").read_bytes()
+    assert (tmp_path / "first" / "manifest.csv").read_bytes() == (
+        tmp_path / "second" / "manifest.csv"
+    ).read_bytes()
     assert_disjoint(content_splits(tmp_path / "first"))
 
 
 def test_test_folder_without_masks_is_unlabelled_and_splits_are_carved(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Unlabelled test images cannot be scored: they are skipped (and said so), val and test are carved from train."""
+    """Unlabelled test images cannot be scored: they are skipped (and said so), val and test are carved from
+    train."""
     raw = make_folder(tmp_path / "raw", counts={"train": 12})
     make_folder(raw, counts={"test": 3}, masks=False)
     assert run_stage(tmp_path) == 0
@@ -398,12 +515,16 @@ def test_test_folder_without_masks_is_unlabelled_and_splits_are_carved(
     assert_disjoint(content_splits(prepared))
 
 
-# --- official layouts: Oxford-IIIT Pet and Pascal VOC ------------------------------------------------------------------
+# --- official layouts: Oxford-IIIT Pet and Pascal VOC -------------------------------------------------------
 
 
 def make_pets(root: Path, trainval: int = 8, test: int = 3) -> list[str]:
-    """images/*.jpg, annotations/trimaps/*.png (1 pet, 2 background, 3 border), annotations/{trainval,test}.txt."""
-    names = [f"{breed}_{index + 1}" for index, breed in enumerate(["Abyssinian", "beagle"] * ((trainval + test + 1) // 2))]
+    """images/*.jpg, annotations/trimaps/*.png (1 pet, 2 background, 3 border),
+    annotations/{trainval,test}.txt."""
+    names = [
+        f"{breed}_{index + 1}"
+        for index, breed in enumerate(["Abyssinian", "beagle"] * ((trainval + test + 1) // 2))
+    ]
     names = names[: trainval + test]
     for index, name in enumerate(names):
         save(root / "images" / f"{name}.jpg", image_pixels(index), quality=95)
@@ -419,12 +540,16 @@ def make_pets(root: Path, trainval: int = 8, test: int = 3) -> list[str]:
 
 @pytest.mark.parametrize(
     ("trimap", "classes", "mapping"),
-    [("three_class", ("background", "pet", "border"), {2: 0, 1: 1, 3: 2}),
-     ("binary", ("background", "pet"), {2: 0, 1: 1, 3: IGNORE})],
+    [
+        ("three_class", ("background", "pet", "border"), {2: 0, 1: 1, 3: 2}),
+        ("binary", ("background", "pet"), {2: 0, 1: 1, 3: IGNORE}),
+    ],
 )
 def test_oxford_pets(tmp_path: Path, trimap: str, classes: tuple[str, ...], mapping: dict[int, int]) -> None:
     names = make_pets(tmp_path / "pets")
-    params = PrepareParams(dataset="oxford_pets", root=str(tmp_path / "pets"), image_size=SOURCE_SIZE, trimap=trimap, workers=1)
+    params = PrepareParams(
+        dataset="oxford_pets", root=str(tmp_path / "pets"), image_size=SOURCE_SIZE, trimap=trimap, workers=1
+    )
     info = prepare_dataset(params, tmp_path / "prepared")
     assert info.class_names == classes and info.split_sizes == {"train": 7, "val": 1, "test": 3}
     manifest = read_manifest(tmp_path / "prepared")
@@ -437,13 +562,30 @@ def test_oxford_pets(tmp_path: Path, trimap: str, classes: tuple[str, ...], mapp
         np.testing.assert_array_equal(masks[row.id], lookup[np.array(Image.open(row.source_mask))])
 
 
+def test_oxford_pets_reads_the_gifs_its_archive_names_jpg(tmp_path: Path) -> None:
+    """The official images.tar.gz holds a few GIFs named .jpg: the pets adapter reads them (folder would
+    not: see the gif_named_png case)."""
+    names = make_pets(tmp_path / "pets")
+    gif = tmp_path / "pets" / "images" / f"{names[0]}.jpg"
+    Image.fromarray(image_pixels(0)).convert("P").save(gif, format="GIF")
+    root, prepared = tmp_path / "pets", tmp_path / "prepared"
+    prepare_dataset(PrepareParams(dataset="oxford_pets", root=str(root), image_size=SOURCE_SIZE), prepared)
+    split, index = read_manifest(prepared).set_index("id").loc[names[0], ["split", "index"]]
+    with Image.open(gif) as expected:
+        np.testing.assert_array_equal(load_split(prepared, split).images[index], expected.convert("RGB"))
+
+
 VOC_PALETTE = [0] * 768
-VOC_PALETTE[3 * 12 : 3 * 12 + 3], VOC_PALETTE[3 * 15 : 3 * 15 + 3] = [64, 0, 128], [192, 128, 128]  # dog, person
+VOC_PALETTE[3 * 12 : 3 * 12 + 3], VOC_PALETTE[3 * 15 : 3 * 15 + 3] = (
+    [64, 0, 128],
+    [192, 128, 128],
+)  # dog, person
 VOC_PALETTE[3 * 255 : 3 * 256] = [224, 224, 192]  # the white-ish object borders
 
 
 def make_voc(voc: Path, train: int = 8, val: int = 3) -> list[str]:
-    """JPEGImages/*.jpg, SegmentationClass/*.png (P mode, index = class id, 255 = border), ImageSets/Segmentation."""
+    """JPEGImages/*.jpg, SegmentationClass/*.png (P mode, index = class id, 255 = border),
+    ImageSets/Segmentation."""
     names = [f"2007_{index:06d}" for index in range(train + val)]
     for index, name in enumerate(names):
         save(voc / "JPEGImages" / f"{name}.jpg", image_pixels(index), quality=95)
@@ -471,5 +613,7 @@ def test_voc(tmp_path: Path) -> None:
     assert sorted(manifest.loc[manifest["split"] != "test", "id"]) == names[:8]  # train.txt -> train + val
     masks = cache_masks(tmp_path / "prepared")
     for row in manifest.itertuples():
-        np.testing.assert_array_equal(masks[row.id], np.array(Image.open(row.source_mask)))  # ids and 255 kept
+        np.testing.assert_array_equal(
+            masks[row.id], np.array(Image.open(row.source_mask))
+        )  # ids and 255 kept
     assert {0, 12, 15, IGNORE} == set(np.unique(np.stack(list(masks.values()))).tolist())

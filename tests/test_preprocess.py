@@ -42,7 +42,9 @@ def test_stretch_interpolates_images_but_not_masks():
 def test_pad_letterboxes_a_wide_image():
     image = np.full((360, 480, 3), 9, dtype=np.uint8)
     mask = np.ones((360, 480), dtype=np.uint8)
-    out_image, out_mask = fit_to_size(image, mask, (97, 96), "pad", IGNORE)  # scaled to 72x96, 25 rows of padding
+    out_image, out_mask = fit_to_size(
+        image, mask, (97, 96), "pad", IGNORE
+    )  # scaled to 72x96, 25 rows of padding
     assert (out_image[:12] == 0).all() and (out_image[84:] == 0).all()
     assert (out_image[12:84] == 9).all()
     assert (out_mask[:12] == IGNORE).all() and (out_mask[84:] == IGNORE).all()  # odd pixel goes to the bottom
@@ -53,7 +55,9 @@ def test_pad_pillarboxes_a_tall_image():
     image = np.full((480, 360, 3), 9, dtype=np.uint8)
     mask = np.ones((480, 360), dtype=np.uint8)
     out_image, out_mask = fit_to_size(image, mask, (96, 97), "pad", 250)  # scaled to 96x72
-    assert (out_image[:, :12] == 0).all() and (out_image[:, 84:] == 0).all() and (out_image[:, 12:84] == 9).all()
+    assert (
+        (out_image[:, :12] == 0).all() and (out_image[:, 84:] == 0).all() and (out_image[:, 12:84] == 9).all()
+    )
     np.testing.assert_array_equal(out_mask[40], [250] * 12 + [1] * 72 + [250] * 13)
 
 
@@ -69,7 +73,9 @@ def test_crop_keeps_the_centre():
     mask = np.full((360, 480), 2, dtype=np.uint8)
     mask[:, :120], mask[:, 360:] = 1, 3
     image = np.repeat(mask[..., None] * 50, 3, axis=2)
-    out_image, out_mask = fit_to_size(image, mask, (96, 96), "crop", IGNORE)  # scaled to 96x128, 16 columns cut each side
+    out_image, out_mask = fit_to_size(
+        image, mask, (96, 96), "crop", IGNORE
+    )  # scaled to 96x128, 16 columns cut each side
     expected_row = [1] * 16 + [2] * 64 + [3] * 16
     assert (out_mask == expected_row).all()
     assert (out_image[:, 30:66] == 100).all()
@@ -79,7 +85,9 @@ def test_crop_of_a_tall_image_cuts_top_and_bottom():
     mask = np.full((300, 100), 2, dtype=np.uint8)
     mask[:100], mask[200:] = 1, 3
     image = np.repeat(mask[..., None], 3, axis=2)
-    out_image, out_mask = fit_to_size(image, mask, (100, 100), "crop", IGNORE)  # no scaling, rows 100..199 kept
+    out_image, out_mask = fit_to_size(
+        image, mask, (100, 100), "crop", IGNORE
+    )  # no scaling, rows 100..199 kept
     assert (out_mask == 2).all() and (out_image == 2).all()
     out_mask[0, 0] = 9
     assert mask[100, 0] == 2  # the result does not alias the input
@@ -94,7 +102,9 @@ def test_matching_size_is_returned_unchanged(policy):
 
 def test_mismatched_shapes_and_unknown_policy():
     image, _ = _pair(10, 12)
-    with pytest.raises(ValueError, match=re.escape("image shape (10, 12, 3) and mask shape (10, 11) do not match")):
+    with pytest.raises(
+        ValueError, match=re.escape("image shape (10, 12, 3) and mask shape (10, 11) do not match")
+    ):
         fit_to_size(image, np.zeros((10, 11), dtype=np.uint8), (8, 8), "pad", IGNORE)
     with pytest.raises(ValueError, match="unknown resize policy 'squash'"):
         fit_to_size(image, np.zeros((10, 12), dtype=np.uint8), (8, 8), "squash", IGNORE)

@@ -2,23 +2,27 @@
 
 import json
 import multiprocessing
+import os
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import yaml
+from malicious import register_file_creating_version
 from PIL import Image
 
 from segpipe.cli import main
 from segpipe.config import parse_params
 from segpipe.data.prepare import prepare_dataset
+from segpipe.data.validation import validate_prepared
 from segpipe.paths import ProjectPaths
 from segpipe.registry.promotion import CHAMPION, HISTORY_TAG, miou_of, paired_bootstrap, promote, rollback
 from segpipe.registry.versions import register_version
+from segpipe.serving import PICKLE_SWITCH
 from segpipe.stages.evaluate import run_evaluate
 from segpipe.stages.train import run_train
 from segpipe.tracking.mlflow_tracking import sent_run
-from segpipe.data.validation import validate_prepared
 
 NAME = "segpipe-folder"
 
@@ -42,14 +46,21 @@ def write_squares_dataset(root: Path) -> Path:
 
 
 def project_params(root: Path, **train):
-    return parse_params({
-        "prepare": {"dataset": "folder", "root": str(root / "raw"), "image_size": [32, 32], "workers": 1},
-        "train": {"architectures": ["unet"], "batch_size": 8, "device": "cpu",
-                  "models": {"unet": {"depth": 2, "base_channels": 8}}, **train},
-        "evaluate": {"speed_runs": 1},
-        "promote": {"bootstrap_resamples": 500},
-        "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}"},
-    })
+    return parse_params(
+        {
+            "prepare": {"dataset": "folder", "root": str(root / "raw"), "image_size": [32, 32], "workers": 1},
+            "train": {
+                "architectures": ["unet"],
+                "batch_size": 8,
+                "device": "cpu",
+                "models": {"unet": {"depth": 2, "base_channels": 8}},
+                **train,
+            },
+            "evaluate": {"speed_runs": 1},
+            "promote": {"bootstrap_resamples": 500},
+            "tracking": {"uri": f"sqlite:///{root / 'mlflow.db'}"},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +81,15 @@ def registry(tmp_path_factory, monkeypatch_module):
     for params in (weak, strong):
         run_train(params, "unet", paths, progress=False)
         record = run_evaluate(params, "unet", paths)
-        run = sent_run(params.tracking, "folder", record["run_key"])  # as compare does: send, then find the run
+        run = sent_run(
+            params.tracking, "folder", record["run_key"]
+        )  # as the track stage does: send, then find the run
         record = {**record, "run_id": run.run_id, "model_uri": run.model_uri}
-        versions.append(register_version(params.tracking, "folder", record, "test_miou", "challenger").version)
+        versions.append(
+            register_version(params.tracking, "folder", record, "test_miou", "challenger").version
+        )
     mlflow.set_tracking_uri(strong.tracking.uri)
-    yield strong, paths, versions[0], versions[1], mlflow.MlflowClient()
+    return strong, paths, versions[0], versions[1], mlflow.MlflowClient()
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +158,8 @@ def test_clearly_better_challenger_is_promoted_and_rollback_restores(registry):
 
 
 def test_retried_promotion_and_rollback_change_nothing_the_second_time(registry):
-    """A promotion retried after it succeeded keeps one audit entry; a rollback retried with --from is a no-op."""
+    """A promotion retried after it succeeded keeps one audit entry; a rollback retried with --from is a
+    no-op."""
     params, paths, weak, strong, client = registry
     reset(client, challenger=strong, champion=weak)
     assert promote(params, paths).promoted
@@ -186,7 +202,14 @@ def test_paired_bootstrap_interval_brackets_the_difference():
     confusions = []
     for noise in (0.1, 0.4):
         prediction = np.where(rng.random(truth.shape) < noise, rng.integers(0, 3, truth.shape), truth)
-        confusions.append(np.stack([np.bincount(t * 3 + p, minlength=9).reshape(3, 3) for t, p in zip(truth, prediction)]))
+        confusions.append(
+            np.stack(
+                [
+                    np.bincount(t * 3 + p, minlength=9).reshape(3, 3)
+                    for t, p in zip(truth, prediction, strict=True)
+                ]
+            )
+        )
     result = paired_bootstrap(confusions[0], confusions[1], 500, seed=1)
     assert result.ci_low < result.delta < result.ci_high and result.ci_low > 0
     assert result.delta == pytest.approx(miou_of(confusions[0].sum(0)) - miou_of(confusions[1].sum(0)))
@@ -216,7 +239,20 @@ def test_cli_promote_models_and_predict(registry, capsys, tmp_path):
     image[5:25, 10:30] = 230
     Image.fromarray(image).save(tmp_path / "photo.png")
     out = tmp_path / "predictions"
-    assert main([*common, "predict", str(tmp_path / "photo.png"), "--model", f"models:/{NAME}@champion", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                *common,
+                "predict",
+                str(tmp_path / "photo.png"),
+                "--model",
+                f"models:/{NAME}@champion",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     mask = np.asarray(Image.open(out / "photo_mask.png"))
     assert mask.shape == (37, 50) and set(np.unique(mask)) <= {0, 1}
     assert mask[10:20, 15:25].mean() > 0.5 and mask[30:, 35:].mean() < 0.5  # the square is found
@@ -226,7 +262,59 @@ def test_cli_promote_models_and_predict(registry, capsys, tmp_path):
 def test_cli_errors_are_one_line_without_traceback(registry, capsys):
     params, paths, weak, strong, client = registry
     params_file = write_params_file(params, paths.root)
-    assert main(["--params", str(params_file), "--root", str(paths.root), "predict", "missing.png",
-                 "--model", f"models:/{NAME}@champion", "--out", str(paths.root / "p")]) == 1
+    assert (
+        main(
+            [
+                "--params",
+                str(params_file),
+                "--root",
+                str(paths.root),
+                "predict",
+                "missing.png",
+                "--model",
+                f"models:/{NAME}@champion",
+                "--out",
+                str(paths.root / "p"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "missing.png" in err and "Traceback" not in err
+
+
+def test_a_version_that_would_unpickle_is_refused_by_every_command_and_never_runs(
+    registry, capsys, tmp_path, monkeypatch
+):
+    params, paths, weak, strong, client = registry
+    marker = tmp_path / "created-by-the-pickle"
+    evil = register_file_creating_version(NAME, marker)
+    reset(client, challenger=evil, champion=strong)
+    common = ["--params", str(write_params_file(params, paths.root)), "--root", str(paths.root)]
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(image)
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/{evil}", dst_path=str(tmp_path)))
+    capsys.readouterr()
+    refusals = {
+        "promote": [*common, "promote"],
+        "predict": [*common, "predict", str(image), "--model", f"models:/{NAME}@challenger", "--out", "o"],
+        "predict a folder": [*common, "predict", str(image), "--model", str(folder), "--out", "o"],
+    }
+    for command, argv in refusals.items():
+        assert main(argv) == 1, command
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "refused" in err, (command, err)
+        assert f"version {evil} of {NAME}" in err or str(folder) in err, command
+    assert main([*common, "models"]) == 0
+    assert f"version {evil} of {NAME}: refused" in capsys.readouterr().err
+    bad_input = [*common, "predict", str(tmp_path / "missing.png"), "--model", f"models:/{NAME}@challenger"]
+    assert main([*bad_input, "--out", "o"]) == 1 and "missing.png" in capsys.readouterr().err
+    assert os.environ[PICKLE_SWITCH] == "false"  # what segpipe sets: MLflow's own loader refuses pickles too
+    with pytest.raises(mlflow.exceptions.MlflowException, match="pickle"):
+        mlflow.pyfunc.load_model(f"models:/{NAME}/{evil}")
+    assert not marker.exists()
+    assert champion_version(client) == strong
+    monkeypatch.setenv(PICKLE_SWITCH, "true")  # the payload is live: unpickling it does create the file
+    with pytest.raises(Exception):  # noqa: B017 (what it unpickles to is no model)
+        mlflow.pyfunc.load_model(f"models:/{NAME}/{evil}")
+    assert marker.exists()

@@ -57,6 +57,27 @@ def test_committed_registry_record_points_at_the_best_model():
     best = board[board["family"] != "reference"].iloc[0]
     assert record["alias"] == "challenger" and record["name"] == "segpipe-synthetic"
     assert record["architecture"] == best["architecture"]
+    tracked = json.loads((REPORTS / "tracking.json").read_text())
+    assert record["run_id"] == next(
+        run["run_id"]
+        for run in tracked["runs"]
+        if run["architecture"] == best["architecture"] and run["task"] == "segment"
+    )
+
+
+def test_committed_metrics_are_scalars_beside_confusion_matrices_and_curves():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name in params["train"]["architectures"]:
+        metrics = json.loads((REPORTS / "metrics" / f"{name}.json").read_text())
+        assert not [key for key, value in metrics.items() if isinstance(value, (list, dict))], name
+        confusion = pd.read_csv(REPORTS / "confusion" / f"{name}.csv", index_col=0)
+        assert list(confusion.index) == list(confusion.columns), name
+        assert {f"test_iou_{label}" for label in confusion.columns} <= set(metrics), name
+        curves = pd.read_csv(REPORTS / "curves" / f"{name}.csv")
+        assert list(curves["epoch"]) == list(range(1, params["train"]["epochs"] + 1)), name
+    for name in params["denoise"]["architectures"]:
+        curves = pd.read_csv(REPORTS / "curves" / "denoise" / f"{name}.csv")
+        assert len(curves) == params["denoise"]["epochs"] and "val_psnr" in curves.columns, name
 
 
 def test_committed_outputs_are_small_and_locked():
@@ -65,4 +86,4 @@ def test_committed_outputs_are_small_and_locked():
         if path.is_file():
             assert path.stat().st_size < 1_000_000, path
     lock = yaml.safe_load((ROOT / "dvc.lock").read_text())
-    assert {"prepare", "validate", "compare", "register"} <= set(lock["stages"])
+    assert {"prepare", "validate", "compare", "track", "register"} <= set(lock["stages"])

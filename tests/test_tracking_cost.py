@@ -27,15 +27,30 @@ def test_training_seconds_sum_every_models_epochs(tmp_path):
 
 
 def test_report_states_the_added_percentages():
-    off = [{"wall_s": 100.0, "cpu_s": 180.0, "epochs_s": 80.0, "outside_epochs_s": 20.0},
-           {"wall_s": 110.0, "cpu_s": 190.0, "epochs_s": 88.0, "outside_epochs_s": 22.0}]
-    on = [{"wall_s": 104.0, "cpu_s": 185.0, "epochs_s": 81.0, "outside_epochs_s": 23.0},
-          {"wall_s": 112.0, "cpu_s": 193.0, "epochs_s": 87.0, "outside_epochs_s": 25.0}]
+    off = [
+        {"wall_s": 100.0, "cpu_s": 180.0, "epochs_s": 80.0, "outside_epochs_s": 20.0},
+        {"wall_s": 110.0, "cpu_s": 190.0, "epochs_s": 88.0, "outside_epochs_s": 22.0},
+    ]
+    on = [
+        {"wall_s": 104.0, "cpu_s": 185.0, "epochs_s": 81.0, "outside_epochs_s": 23.0},
+        {"wall_s": 112.0, "cpu_s": 193.0, "epochs_s": 87.0, "outside_epochs_s": 25.0},
+    ]
     assert summary(off) == {"wall_s": 105.0, "cpu_s": 185.0, "epochs_s": 84.0, "outside_epochs_s": 21.0}
-    report = {"machine": "x86_64, 2 cores", "torch": "2", "rounds": 2, "tracking": {"enabled": True},
-              "runs": {"off": off, "on": on}, "median": {"off": summary(off), "on": summary(on)},
-              "added": {"wall_s": 3.0, "wall_pct": 2.86, "cpu_pct": 2.16, "outside_epochs_s": 3.0,
-                        "outside_epochs_pct": 2.86}}
+    report = {
+        "machine": "x86_64, 2 cores",
+        "torch": "2",
+        "rounds": 2,
+        "tracking": {"enabled": True},
+        "runs": {"off": off, "on": on},
+        "median": {"off": summary(off), "on": summary(on)},
+        "added": {
+            "wall_s": 3.0,
+            "wall_pct": 2.86,
+            "cpu_pct": 2.16,
+            "outside_epochs_s": 3.0,
+            "outside_epochs_pct": 2.86,
+        },
+    }
     text = markdown(report)
     assert "| off 2 | 110.0 | 190.0 | 88.0 | 22.0 |" in text and "| **median on** | 108.0 |" in text
     assert "**+2.9 %** wall time (+3.0 s)" in text

@@ -1,20 +1,24 @@
-"""Training outlives an MLflow server outage: calls it misses are spooled locally and reach it when it is back,
-at the end of the run, or by ``sync_spools`` (``segpipe sync``); a resumed training continues its run."""
+"""Training outlives an MLflow server outage: calls it misses are spooled locally and reach it when it is
+back, at the end of the run, or by ``sync_spools`` (``segpipe sync``); a resumed training continues its
+run."""
 
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 import requests
 import torch
-from torch import nn
+from mlflow_server import MlflowServer
 
 from segpipe.cli import main
 from segpipe.config import TrackingParams
+from segpipe.models import build_model
+from segpipe.serving.logged import load_logged_model
 from segpipe.tracking.mlflow_tracking import RunWriter, ServerUnreachable, start_run, sync_spools
 from segpipe.tracking.spool import SPOOL_ENV
-from mlflow_server import MlflowServer
+from segpipe.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 
 PIPELINE = "outage-test"
 
@@ -22,22 +26,35 @@ PIPELINE = "outage-test"
 @pytest.fixture
 def server(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)  # the default spool dir is .segpipe/tracking-spool under the working directory
+    monkeypatch.chdir(
+        tmp_path
+    )  # the default spool dir is .segpipe/tracking-spool under the working directory
     server = MlflowServer(tmp_path / "server")
     yield server
     server.stop()
 
 
-def tiny_model() -> nn.Module:
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    """A tiny U-Net's checkpoint pair, as the train stage writes it."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 2, kernel_size=1))
+    model = build_model("unet", 2, options={"depth": 2, "base_channels": 4})
+    path = tmp_path / "models" / "unet" / "model.safetensors"
+    path.parent.mkdir(parents=True)
+    save_checkpoint(
+        path,
+        model,
+        CheckpointMeta("unet", {"depth": 2, "base_channels": 4}, 2, ("a", "b"), (8, 8), 1, "val_miou", 0.5),
+    )
+    return path
 
 
 EXAMPLE = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
 
 
-def assert_run_complete(client: mlflow.MlflowClient, run_id: str, epochs: int) -> None:
-    """The run has its params, one val_miou per epoch at the right step, a loadable model "model", FINISHED."""
+def assert_run_complete(client: mlflow.MlflowClient, run_id: str, epochs: int, checkpoint: Path) -> None:
+    """The run has its params, one val_miou per epoch at the right step, a model "model" that rebuilds the
+    checkpoint, FINISHED."""
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params == {"lr": "0.01"}
@@ -46,14 +63,17 @@ def assert_run_complete(client: mlflow.MlflowClient, run_id: str, epochs: int) -
     [output] = run.outputs.model_outputs
     logged = client.get_logged_model(output.model_id)
     assert logged.name == "model" and logged.source_run_id == run_id
-    loaded = mlflow.pytorch.load_model(logged.model_uri)
+    loaded, _ = load_logged_model(logged.model_uri)
+    expected, _ = load_checkpoint(checkpoint)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(torch.from_numpy(EXAMPLE)), tiny_model()(torch.from_numpy(EXAMPLE)))
+        torch.testing.assert_close(loaded(torch.from_numpy(EXAMPLE)), expected(torch.from_numpy(EXAMPLE)))
 
 
-def test_a_server_restart_mid_training_loses_no_epoch(server, tmp_path, capsys):
+def test_a_server_restart_mid_training_loses_no_epoch(server, tmp_path, capsys, checkpoint):
     server.start()
-    with start_run(TrackingParams(uri=server.uri), "toy", "unet", {"architecture": "unet"}, pipeline=PIPELINE) as tracker:
+    with start_run(
+        TrackingParams(uri=server.uri), "toy", "unet", {"architecture": "unet"}, pipeline=PIPELINE
+    ) as tracker:
         tracker.log_params({"lr": 0.01})
         for epoch in range(1, 7):
             tracker.log_metrics({"val_miou": epoch / 10}, step=epoch)
@@ -61,29 +81,36 @@ def test_a_server_restart_mid_training_loses_no_epoch(server, tmp_path, capsys):
                 server.stop()
             if epoch == 4:
                 server.start()
-        model_uri = tracker.log_model(tiny_model(), EXAMPLE)
+        model_uri = tracker.log_model(checkpoint, EXAMPLE)
 
     client = mlflow.MlflowClient(server.uri)
-    assert_run_complete(client, tracker.run_id, epochs=6)
+    assert_run_complete(client, tracker.run_id, epochs=6, checkpoint=checkpoint)
     assert model_uri == f"models:/{client.get_run(tracker.run_id).outputs.model_outputs[0].model_id}"
     spools = tmp_path / ".segpipe" / "tracking-spool"
     err = capsys.readouterr().err
     assert err.count("is unreachable") == 1
     assert f"MLflow at {server.uri} is unreachable (" in err and "Connection refused" in err
     assert f"buffering to {spools}/unet-" in err and "or run `segpipe sync`" in err
-    assert f"MLflow at {server.uri} is reachable again: sent 2 buffered tracking calls (run {tracker.run_id})" in err
+    assert (
+        f"MLflow at {server.uri} is reachable again: sent 2 buffered tracking calls (run {tracker.run_id})"
+        in err
+    )
     assert list(spools.iterdir()) == []  # sent, so removed
 
 
-def test_a_run_while_the_server_is_down_is_kept_and_sent_by_sync(server, tmp_path, capsys, monkeypatch):
+def test_a_run_while_the_server_is_down_is_kept_and_sent_by_sync(
+    server, tmp_path, capsys, monkeypatch, checkpoint
+):
     spools = tmp_path / "spools"
     monkeypatch.setenv(SPOOL_ENV, str(spools))
     began = time.monotonic()
-    with start_run(TrackingParams(uri=server.uri), "toy", "unet", {"architecture": "unet"}, pipeline=PIPELINE) as tracker:
+    with start_run(
+        TrackingParams(uri=server.uri), "toy", "unet", {"architecture": "unet"}, pipeline=PIPELINE
+    ) as tracker:
         tracker.log_params({"lr": 0.01})
         for epoch in range(1, 4):
             tracker.log_metrics({"val_miou": epoch / 10}, step=epoch)
-        model_uri = tracker.log_model(tiny_model(), EXAMPLE)
+        model_uri = tracker.log_model(checkpoint, EXAMPLE)
         assert sync_spools(server.uri) == []  # a running training's spool is its own to send
     assert time.monotonic() - began < 15  # MLflow's own retries would take minutes
     assert tracker.run_id is None and model_uri is None
@@ -102,10 +129,10 @@ def test_a_run_while_the_server_is_down_is_kept_and_sent_by_sync(server, tmp_pat
     server.start()
     send_for_real = RunWriter.apply
 
-    def drop_at_epoch_2(self, call):
+    def drop_at_epoch_2(self, call, models_dir=None):
         if call.get("step") == 2:
             raise requests.ConnectionError("connection dropped")
-        send_for_real(self, call)
+        send_for_real(self, call, models_dir)
 
     monkeypatch.setattr(RunWriter, "apply", drop_at_epoch_2)
     with pytest.raises(ServerUnreachable, match="connection dropped"):
@@ -115,7 +142,7 @@ def test_a_run_while_the_server_is_down_is_kept_and_sent_by_sync(server, tmp_pat
     [(sent_spool, run_id)] = sync_spools(TrackingParams(uri=server.uri))
     client = mlflow.MlflowClient(server.uri)
     assert sent_spool == spool and not spool.exists() and not spool.with_suffix(".models").exists()
-    assert_run_complete(client, run_id, epochs=3)  # epoch 1 sent once, not twice
+    assert_run_complete(client, run_id, epochs=3, checkpoint=checkpoint)  # epoch 1 sent once, not twice
     run = client.get_run(run_id)
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["segpipe.pipeline"] == PIPELINE
@@ -129,28 +156,37 @@ def test_a_run_while_the_server_is_down_is_kept_and_sent_by_sync(server, tmp_pat
     assert len(client.get_metric_history(run_id, "val_miou")) == 3
 
 
-def test_resumed_training_continues_its_run(server):
+def train_until_killed(params: TrackingParams, tracker_out: list) -> None:
+    """Two epochs of a run, then an interrupt (as a killed training process sees it)."""
+    with start_run(params, "toy", "unet", {"architecture": "unet"}, pipeline=PIPELINE) as killed:
+        tracker_out.append(killed)
+        killed.log_params({"lr": 0.01})
+        for epoch in (1, 2):
+            killed.log_metrics({"val_miou": epoch / 10}, step=epoch)
+        raise KeyboardInterrupt
+
+
+def test_resumed_training_continues_its_run(server, checkpoint):
     server.start()
     params = TrackingParams(uri=server.uri)
+    trackers: list = []
     with pytest.raises(KeyboardInterrupt):
-        with start_run(params, "toy", "unet", {"architecture": "unet"}, pipeline=PIPELINE) as killed:
-            killed.log_params({"lr": 0.01})
-            for epoch in (1, 2):
-                killed.log_metrics({"val_miou": epoch / 10}, step=epoch)
-            raise KeyboardInterrupt
+        train_until_killed(params, trackers)
+    [killed] = trackers
     client = mlflow.MlflowClient(server.uri)
     assert client.get_run(killed.run_id).info.status == "FAILED"
 
-    with start_run(params, "toy", "unet", {"architecture": "unet"}, pipeline=PIPELINE,
-                   run_key=killed.run_key) as resumed:
+    with start_run(
+        params, "toy", "unet", {"architecture": "unet"}, pipeline=PIPELINE, run_key=killed.run_key
+    ) as resumed:
         assert client.get_run(killed.run_id).info.status == "RUNNING"
         resumed.log_params({"lr": 0.01})
         for epoch in (3, 4):
             resumed.log_metrics({"val_miou": epoch / 10}, step=epoch)
-        resumed.log_model(tiny_model(), EXAMPLE)
+        resumed.log_model(checkpoint, EXAMPLE)
 
     assert (resumed.run_id, resumed.parent_run_id) == (killed.run_id, killed.parent_run_id)
-    assert_run_complete(client, killed.run_id, epochs=4)
+    assert_run_complete(client, killed.run_id, epochs=4, checkpoint=checkpoint)
     experiment = client.get_experiment_by_name("segpipe-toy").experiment_id
     assert len(client.search_runs([experiment])) == 2  # the pipeline's parent run and the one training run
 

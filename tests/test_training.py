@@ -1,61 +1,56 @@
-"""The training loop learns, checkpoints the best epoch, reports to the tracker; stage guards fire early."""
+"""The trainer learns, checkpoints the best epoch, reports to the tracker and the curves file; stage guards
+fire early."""
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from segpipe.data.cache import SplitArrays
+from segpipe.config import load_params
 from segpipe.data.loader import BatchLoader
+from segpipe.data.manifest import DatasetInfo
 from segpipe.models import build_model
+from segpipe.paths import ProjectPaths
+from segpipe.stages import train as train_stage
 from segpipe.stages.train import check_image_size
-from segpipe.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from segpipe.tasks.class_weights import class_weights_for
 from segpipe.tasks.segment import SegmentTask, evaluate_split
-from segpipe.training.loop import LoopSettings, fit
+from segpipe.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from segpipe.training.curves import write_curves
+from segpipe.training.trainer import EpochRecord, Trainer, TrainerSettings, TrainResult, lr_factor
 
 
-class RecordingTracker:
-    run_key = None
-
-    def __init__(self):
-        self.params, self.metrics = {}, []
-
-    def log_params(self, params):
-        self.params.update(params)
-
-    def log_metrics(self, metrics, step=None):
-        self.metrics.append((step, dict(metrics)))
-
-    def log_model(self, model, input_example):
-        return None
-
-
-def easy_split(count: int, seed: int) -> SplitArrays:
-    """Bright squares on dark noise: learnable in a few steps."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 60, (count, 32, 32, 3), dtype=np.uint8)
-    masks = np.zeros((count, 32, 32), dtype=np.uint8)
-    for i in range(count):
-        y, x = rng.integers(0, 20, 2)
-        images[i, y : y + 12, x : x + 12] = 220
-        masks[i, y : y + 12, x : x + 12] = 1
-    return SplitArrays(images, masks)
-
-
-def test_fit_learns_checkpoints_best_and_tracks(tmp_path):
+def test_fit_learns_checkpoints_best_and_tracks(tmp_path, easy_data, tracker):
     torch.manual_seed(0)
     device = torch.device("cpu")
     model = build_model("unet", 2, options={"depth": 2, "base_channels": 8})
-    train = BatchLoader(easy_split(32, 0), 8, device, shuffle=True, hflip=True, seed=0, drop_last=True)
-    val = BatchLoader(easy_split(8, 1), 8, device)
+    train = BatchLoader(easy_data(32, 0), 8, device, shuffle=True, hflip=True, seed=0, drop_last=True)
+    val = BatchLoader(easy_data(8, 1), 8, device)
     best_epochs = []
 
     def on_best(best_model, record):
         best_epochs.append(record.epoch)
-        meta = CheckpointMeta("unet", {"depth": 2, "base_channels": 8}, 2, ("bg", "square"), (32, 32), record.epoch, "val_miou", record.validation["val_miou"])
-        save_checkpoint(tmp_path / "model.pt", best_model, meta)
+        meta = CheckpointMeta(
+            "unet",
+            {"depth": 2, "base_channels": 8},
+            2,
+            ("bg", "square"),
+            (32, 32),
+            record.epoch,
+            "val_miou",
+            record.validation["val_miou"],
+        )
+        save_checkpoint(tmp_path / "model.safetensors", best_model, meta)
 
-    tracker = RecordingTracker()
-    result = fit(model, train, val, SegmentTask(2, 255), LoopSettings(6, 5e-3, 0.0, progress=False), tracker, on_best)
+    settings = TrainerSettings(6, 5e-3, 0.0, progress=False)
+    trainer = Trainer(SegmentTask(2, 255), settings, tracker, on_best=on_best)
+    result = trainer.fit(model, train, val)
 
     assert [step for step, _ in tracker.metrics] == [1, 2, 3, 4, 5, 6]
     assert all({"train_loss", "val_loss", "val_miou"} <= set(m) for _, m in tracker.metrics)
@@ -65,7 +60,7 @@ def test_fit_learns_checkpoints_best_and_tracks(tmp_path):
     assert best_epochs[-1] == result.best_epoch
     assert result.best_score == max(r.validation["val_miou"] for r in result.history)
 
-    restored, meta = load_checkpoint(tmp_path / "model.pt")
+    restored, meta = load_checkpoint(tmp_path / "model.safetensors")
     assert meta.epoch == result.best_epoch and meta.task == "segment" and meta.class_names == ("bg", "square")
     _, matrix = evaluate_split(restored, val, 2, 255)
     assert np.trace(matrix) / matrix.sum() > 0.9
@@ -73,7 +68,7 @@ def test_fit_learns_checkpoints_best_and_tracks(tmp_path):
 
 def test_checkpoint_missing_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the train stage"):
-        load_checkpoint(tmp_path / "absent.pt")
+        load_checkpoint(tmp_path / "absent.safetensors")
 
 
 def test_image_size_must_suit_output_stride():
@@ -82,54 +77,100 @@ def test_image_size_must_suit_output_stride():
         check_image_size("fcn8s", 32, (100, 128))
 
 
-class _Exploit:
-    """Unpickling this would run code: what a checkpoint from the internet could carry."""
-
-    def __reduce__(self):
-        import os
-
-        return (os.system, ("echo pwned > exploited.txt",))
-
-
-def test_checkpoint_with_code_in_its_pickle_is_refused(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "model.pt"
-    torch.save({"meta": {}, "state_dict": {}, "payload": _Exploit()}, path)
-    with pytest.raises(ValueError, match=r"model.pt holds Python objects other than tensors"):
-        load_checkpoint(path)
-    assert not (tmp_path / "exploited.txt").exists()
-
-
-def test_truncated_checkpoint_is_a_clear_error(tmp_path):
-    path = tmp_path / "model.pt"
-    torch.save({"meta": {}, "state_dict": {"w": torch.zeros(1000)}}, path)
-    path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(ValueError, match=r"model.pt is not a readable checkpoint"):
-        load_checkpoint(path)
+def test_curves_file_has_one_row_per_epoch_with_the_tasks_metrics(tmp_path):
+    records = [
+        EpochRecord(
+            epoch,
+            1.0 / epoch,
+            1e-3 / epoch,
+            2.0,
+            1.5,
+            {"val_loss": 0.5 / epoch, "val_psnr": 20.0 + epoch, "val_ssim": 0.5},
+        )
+        for epoch in (1, 2)
+    ]
+    path = tmp_path / "curves" / "denoise" / "autoencoder.csv"
+    write_curves(path, TrainResult("val_psnr", history=records[:1]))
+    write_curves(path, TrainResult("val_psnr", history=records))  # rewritten as epochs are added
+    frame = pd.read_csv(path)
+    assert list(frame.columns) == ["epoch", "train_loss", "val_loss", "val_psnr", "val_ssim", "lr", "seconds"]
+    assert frame["epoch"].tolist() == [1, 2] and frame["val_psnr"].tolist() == [21.0, 22.0]
+    assert frame["train_loss"].tolist() == [1.0, 0.5] and frame["lr"].tolist() == [1e-3, 5e-4]
+    assert not list(path.parent.glob(".*.tmp"))  # written atomically, nothing left beside it
 
 
-def test_auto_switches_pick_bf16_and_channels_last_on_cuda_only():
-    from segpipe.training.device import resolve_channels_last, resolve_precision
+RUN_WITHOUT_TRACKING = """
+import sys
+from pathlib import Path
 
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert (resolve_precision("auto", cpu), resolve_precision("auto", cuda)) == ("fp32", "bf16")
-    assert resolve_precision("bf16", cpu) == "bf16" and resolve_precision("fp32", cuda) == "fp32"
-    assert (resolve_channels_last("auto", cpu), resolve_channels_last("auto", cuda)) == (False, True)
-    assert resolve_channels_last("channels_last", cpu) and not resolve_channels_last("contiguous", cuda)
+from segpipe.config import load_params
+from segpipe.paths import ProjectPaths
+from segpipe.stages.train import run_train
+
+root = Path(sys.argv[1])
+result = run_train(load_params(root / "params.yaml"), "unet", ProjectPaths(root), progress=False)
+loaded = sorted({name.split(".")[0] for name in sys.modules} & {"mlflow", "dvc", "great_expectations"})
+print("tracking libraries:", ",".join(loaded) or "none", "epochs:", len(result.history))
+"""
 
 
-def test_fit_in_bf16_autocast_with_channels_last_learns_and_keeps_fp32_weights():
-    torch.manual_seed(0)
-    model = build_model("unet", 2, options={"depth": 2, "base_channels": 8})
-    device = torch.device("cpu")
-    train = BatchLoader(easy_split(32, 0), 8, device, shuffle=True, hflip=True, seed=0, drop_last=True)
-    val = BatchLoader(easy_split(8, 1), 8, device)
-    settings = LoopSettings(4, 5e-3, 0.0, progress=False, precision="bf16", channels_last=True)
-    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-    seen = set()
-    conv.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
-    result = fit(model, train, val, SegmentTask(2, 255), settings, RecordingTracker(), lambda *_: None)
-    assert seen == {torch.bfloat16}  # convolutions ran under autocast, in training and validation
-    assert result.history[-1].train_loss < result.history[0].train_loss
-    assert result.best_score > 0.5
-    assert conv.weight.dtype == torch.float32 and conv.weight.is_contiguous(memory_format=torch.channels_last)
+def test_train_stage_without_tracking_writes_curves_and_imports_no_tracking_library(tmp_path, tiny_project):
+    """With ``tracking.enabled: false`` the stage runs on a host without MLflow, DVC or great-expectations: it
+    imports none of them, and still writes the checkpoint, history and curves."""
+    project = tiny_project(tmp_path / "project", tracking={"enabled": False})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", RUN_WITHOUT_TRACKING, str(project)],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "tracking libraries: none epochs: 2" in done.stdout
+    curves = pd.read_csv(project / "reports" / "curves" / "unet.csv")
+    assert list(curves.columns) == ["epoch", "train_loss", "val_loss", "val_miou", "lr", "seconds"]
+    history = json.loads((project / "models" / "unet" / "history.json").read_text())
+    assert curves["epoch"].tolist() == [1, 2]
+    assert curves["val_miou"].tolist() == [e["validation"]["val_miou"] for e in history["epochs"]]
+    assert curves["train_loss"].tolist() == [e["train_loss"] for e in history["epochs"]]
+    _, meta = load_checkpoint(project / "models" / "unet" / "model.safetensors")
+    assert meta.epoch == history["best_epoch"]
+    assert json.loads((project / "models" / "unet" / "run.json").read_text())["tracking"] == "off"
+
+
+def test_train_stage_uses_the_loss_class_weights_and_schedule_of_params(
+    tmp_path, monkeypatch, capsys, tiny_project, tracker
+):
+    """``ce+dice`` with median-frequency weights and a warmed-up poly schedule: the weights are computed from
+    the training split, printed, logged as run params and recorded in history.json with the loss."""
+    recipe = {
+        "epochs": 3,
+        "schedule": "poly",
+        "warmup_epochs": 1,
+        "loss": {"name": "ce+dice", "weights": [1.0, 0.5], "class_weights": "median_frequency"},
+    }
+    project = tiny_project(tmp_path / "project", train=recipe)
+    monkeypatch.setattr(train_stage, "_tracking", lambda *args: contextlib.nullcontext(tracker))
+    params = load_params(project / "params.yaml")
+    train_stage.run_train(params, "unet", ProjectPaths(project), progress=True)
+
+    prepared = project / "data" / "prepared"
+    weights = class_weights_for("median_frequency", prepared, DatasetInfo.load(prepared).num_classes)
+    assert len(set(weights)) > 1 and min(weights) > 0  # the synthetic classes are far from balanced
+    history = json.loads((project / "models" / "unet" / "history.json").read_text())
+    assert history["loss"] == {
+        "name": "ce+dice",
+        "weights": [1.0, 0.5],
+        "class_weighting": "median_frequency",
+        "class_weights": weights,
+    }
+    assert tracker.params["loss"] == "ce+dice" and tracker.params["class_weighting"] == "median_frequency"
+    assert tracker.params["class_weights"] == "[" + ", ".join(f"{w:.4g}" for w in weights) + "]"
+    assert tracker.params["schedule"] == "poly" and tracker.params["warmup_epochs"] == 1
+    assert f"class weights (median_frequency) {tracker.params['class_weights']}" in capsys.readouterr().out
+    steps = 4  # 16 training images in batches of 4
+    expected = [0.002 * lr_factor(epoch * steps, 3 * steps, "poly", steps) for epoch in range(3)]
+    assert [epoch["lr"] for epoch in history["epochs"]] == expected
+    assert expected[0] == 0.002 / steps and expected[1] == 0.002

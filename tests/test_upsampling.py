@@ -1,12 +1,10 @@
-"""Behaviour of segpipe.models.upsampling (shapes, zero patterns, unpooling, learning) and of
-U-Net on top of it."""
+"""Behaviour of segpipe.models.upsampling: shapes, zero patterns, unpooling, learning."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segpipe.models.unet import UNet
 from segpipe.models.upsampling import UPSAMPLE_MODES, make_upsample
 
 
@@ -24,7 +22,7 @@ def test_modes():
 
 
 @pytest.mark.parametrize("mode", UPSAMPLE_MODES)
-@pytest.mark.parametrize("in_channels, out_channels", [(4, 4), (6, 3)])
+@pytest.mark.parametrize(("in_channels", "out_channels"), [(4, 4), (6, 3)])
 @pytest.mark.parametrize("factor", [2, 4])
 def test_shapes(mode, in_channels, out_channels, factor):
     upsample = make_upsample(mode, in_channels, out_channels, factor)
@@ -50,10 +48,8 @@ def test_interpolation_matches_f_interpolate_and_projects_first(mode):
 
 
 @pytest.mark.parametrize("factor", [2, 3])
-@pytest.mark.parametrize("in_channels, out_channels", [(4, 4), (4, 2)])
-def test_bed_of_nails_puts_values_at_block_top_left_and_zeros_elsewhere(
-    factor, in_channels, out_channels
-):
+@pytest.mark.parametrize(("in_channels", "out_channels"), [(4, 4), (4, 2)])
+def test_bed_of_nails_puts_values_at_block_top_left_and_zeros_elsewhere(factor, in_channels, out_channels):
     upsample = make_upsample("bed_of_nails", in_channels, out_channels, factor)
     x = torch.rand(2, in_channels, 4, 5) + 0.5  # no zeros
     with torch.no_grad():
@@ -116,31 +112,3 @@ def test_unknown_mode_lists_the_valid_ones():
     with pytest.raises(ValueError) as error:
         make_upsample("bicubic", 3, 3)
     assert all(mode in str(error.value) for mode in UPSAMPLE_MODES)
-
-
-# --- U-Net on the shared factory ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize("mode", UPSAMPLE_MODES)
-def test_unet_accepts_every_mode(mode):
-    model = UNet(3, depth=2, base_channels=4, upsample=mode)
-    logits = model(torch.randn(2, 3, 16, 24))
-    assert logits.shape == (2, 3, 16, 24)
-    logits.square().mean().backward()
-    assert all(p.grad is not None and p.grad.any() for p in model.parameters())
-
-
-def test_unet_max_unpool_uses_each_levels_pooling_indices():
-    model = UNet(3, depth=3, base_channels=4, upsample="max_unpool")
-    seen = []
-    for block in model.decoder.blocks:
-        project, unpool = block.upsample
-        assert isinstance(project, nn.Conv2d) and isinstance(unpool, nn.MaxUnpool2d)
-        unpool.register_forward_hook(lambda module, args, out: seen.append(args[1]))
-    x = torch.randn(1, 3, 32, 32)
-    with torch.no_grad():
-        _, indices = model.encoder(x)
-        model(x)
-    assert len(seen) == 3
-    for used, pooled in zip(seen, reversed(indices)):
-        torch.testing.assert_close(used, pooled)

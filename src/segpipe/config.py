@@ -14,7 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from segpipe.models import available_architectures, validate_model_options
+from segpipe.data.decode import MAX_PIXELS, MAX_SIDE
+from segpipe.models.zoo import available_architectures, validate_model_options
 
 
 class ConfigError(ValueError):
@@ -22,7 +23,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: a float key of any section refuses .inf, -.inf and .nan (YAML's non-finite floats)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _check_architecture_names(names: list[str]) -> list[str]:
@@ -38,9 +40,9 @@ def _check_architecture_names(names: list[str]) -> list[str]:
 class SplitSizes(_Section):
     """Number of generated samples per split (synthetic dataset)."""
 
-    train: int = Field(800, ge=1)
-    val: int = Field(96, ge=1)
-    test: int = Field(160, ge=1)
+    train: int = Field(512, ge=1)
+    val: int = Field(64, ge=1)
+    test: int = Field(128, ge=1)
 
 
 class SplitRatios(_Section):
@@ -52,7 +54,9 @@ class SplitRatios(_Section):
     @model_validator(mode="after")
     def _leave_training_data(self) -> SplitRatios:
         if self.val + self.test >= 1:
-            raise ValueError(f"val + test = {self.val + self.test:g} leaves nothing to train on; keep it below 1")
+            raise ValueError(
+                f"val + test = {self.val + self.test:g} leaves nothing to train on; keep it below 1"
+            )
         return self
 
 
@@ -64,7 +68,8 @@ class PrepareParams(_Section):
 
     dataset: DatasetName = "synthetic"
     root: str = "data/raw"
-    """Folder holding the dataset (unused by ``synthetic``); relative to the project, ``~``/``$VARS`` expanded."""
+    """Folder holding the dataset (unused by ``synthetic``); relative to the project, ``~`` and ``$VARS``
+    expanded."""
     download: bool = False
     seed: int = 2026
     image_size: tuple[int, int] = (64, 64)
@@ -78,6 +83,11 @@ class PrepareParams(_Section):
     trimap: Literal["three_class", "binary"] = "three_class"
     ignore_index: int = Field(255, ge=0, le=255)
     workers: int = Field(2, ge=1)
+    max_image_side: int = Field(MAX_SIDE, ge=16)
+    """Longest image or mask side (px) prepare decodes; a larger file is refused from its header."""
+    max_image_pixels: int = Field(MAX_PIXELS, ge=256)
+    """Largest image or mask area (pixels) prepare decodes, checked from the header (default 64 megapixels,
+    as predict); Pillow's own decompression-bomb limit (about 179 megapixels) still applies above it."""
 
     @field_validator("image_size")
     @classmethod
@@ -98,7 +108,9 @@ class PrepareParams(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> PrepareParams:
         if self.palette is not None and self.classes is not None and len(self.palette) != len(self.classes):
-            raise ValueError(f"palette has {len(self.palette)} colours but classes has {len(self.classes)} names")
+            raise ValueError(
+                f"palette has {len(self.palette)} colours but classes has {len(self.classes)} names"
+            )
         if self.mask_format == "rgb" and self.palette is None:
             raise ValueError("mask_format rgb needs prepare.palette: one [r, g, b] per class, in class order")
         return self
@@ -131,7 +143,7 @@ class AugmentParams(_Section):
     """
 
     hflip: bool = True
-    vflip: bool = False
+    vflip: bool = True
     scale: tuple[float, float] | None = None
     """Random zoom range, e.g. [0.75, 1.25]: zooming in crops, zooming out pads (mask with ignore_index)."""
     color_jitter: ColorJitterParams | None = None
@@ -157,14 +169,73 @@ class AugmentParams(_Section):
         return self.scale is not None or self.color_jitter is not None
 
 
+LOSS_TERMS = ("ce", "dice", "focal", "lovasz", "tversky", "jaccard")
+"""Segmentation loss terms ``train.loss.name`` combines with ``+`` (see :mod:`segpipe.tasks.losses`)."""
+ClassWeighting = Literal["none", "median_frequency", "inverse_sqrt_frequency"]
+
+
+class LossParams(_Section):
+    """``train.loss``: the segmentation loss, a weighted sum of terms, and per-class weights."""
+
+    name: str = "ce"
+    """One term or a sum such as ``ce+dice``; terms: ce, dice, focal, lovasz, tversky, jaccard."""
+    weights: list[float] | None = None
+    """One weight per term of ``name`` (None: 1 each)."""
+    class_weights: ClassWeighting | list[float] = "none"
+    """``median_frequency`` or ``inverse_sqrt_frequency`` (from the training split's pixel counts), or one
+    weight per class; used by ce, focal, dice, tversky and jaccard (lovasz takes none)."""
+
+    @field_validator("name")
+    @classmethod
+    def _known_terms(cls, name: str) -> str:
+        unknown = [term for term in name.split("+") if term not in LOSS_TERMS]
+        if unknown:
+            raise ValueError(
+                f"unknown loss term(s) {unknown}; combine {list(LOSS_TERMS)} with '+', e.g. ce+dice"
+            )
+        return name
+
+    @field_validator("class_weights")
+    @classmethod
+    def _non_negative(cls, value: ClassWeighting | list[float]) -> ClassWeighting | list[float]:
+        if isinstance(value, list) and (not value or min(value) < 0 or max(value) == 0):
+            raise ValueError("class_weights lists one weight >= 0 per class, not all zero")
+        return value
+
+    @model_validator(mode="after")
+    def _one_weight_per_term(self) -> LossParams:
+        if self.weights is not None and len(self.weights) != len(self.terms):
+            raise ValueError(
+                f"weights has {len(self.weights)} value(s) but name {self.name!r} has {len(self.terms)} "
+                f"term(s); give one weight per term"
+            )
+        if self.weights is not None and min(self.weights) <= 0:
+            raise ValueError(f"weights {self.weights} must all be above 0")
+        return self
+
+    @property
+    def terms(self) -> list[str]:
+        return self.name.split("+")
+
+    @property
+    def term_weights(self) -> list[float]:
+        return list(self.weights) if self.weights is not None else [1.0] * len(self.terms)
+
+
 class TrainParams(_Section):
     """``train``: shared training settings plus per-architecture model options."""
 
-    architectures: list[str] = Field(default_factory=lambda: ["unet", "fcn8s", "smp_unet"], min_length=1)
-    epochs: int = Field(12, ge=1)
+    architectures: list[str] = Field(default_factory=available_architectures, min_length=1)
+    """Names from the architecture table (``segpipe.models.zoo``), each trained by its own stage."""
+    epochs: int = Field(5, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(2e-3, gt=0)
+    schedule: Literal["cosine", "poly"] = "cosine"
+    """Learning-rate decay to 0 over the training: half a cosine, or polynomial of power 0.9."""
+    warmup_epochs: int = Field(0, ge=0)
+    """Epochs of linear warm-up to ``lr`` before the decay starts."""
     weight_decay: float = Field(1e-4, ge=0)
+    loss: LossParams = LossParams()
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     augment: AugmentParams = AugmentParams()
@@ -176,13 +247,17 @@ class TrainParams(_Section):
     deterministic: bool = False
     """Deterministic kernels (``torch.use_deterministic_algorithms``); no ``cudnn.benchmark``."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """``auto``: bf16 autocast on CUDA, fp32 on the CPU."""
+    """``auto``: bf16 autocast (fp32 weights) on CUDA and on a CPU with native bf16 (AMX-BF16, AVX512-BF16,
+    Arm BF16; override with ``SEGPIPE_CPU_BF16=1|0``), fp32 elsewhere. An explicit value is never
+    overridden."""
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
-    """``auto``: channels_last on CUDA, contiguous (NCHW) on the CPU, where it measured faster."""
+    """``auto``: channels_last on CUDA and for bf16 on the CPU; contiguous (NCHW) for fp32 on the CPU."""
     compile: bool = False
-    """``torch.compile`` the model (worth it on a GPU for long runs; compile time dominates short CPU runs)."""
+    """``torch.compile`` the model (worth it on a GPU for long runs; compile time dominates short CPU
+    runs)."""
     nproc: int = Field(1, ge=1)
-    """Processes per node: above 1 the stage trains data-parallel under ``torchrun`` (``batch_size`` per process)."""
+    """Processes per node: above 1 the stage trains data-parallel under ``torchrun`` (``batch_size`` per
+    process)."""
     sync_batchnorm: bool = False
     """Under ``torchrun``: BatchNorm statistics over the global batch (``SyncBatchNorm``; CUDA only)."""
 
@@ -201,6 +276,8 @@ class TrainParams(_Section):
     def _valid_model_options(self) -> TrainParams:
         for name, options in self.models.items():
             validate_model_options(name, options)
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
         return self
 
     def model_options(self, architecture: str) -> dict[str, Any]:
@@ -220,8 +297,9 @@ class DenoiseParams(_Section):
     level: float = Field(0.2, ge=0, le=1)
     """Noise std (gaussian), fraction of pixels hit (salt_pepper) or of patches masked (masked_patches)."""
     patch_size: int = Field(8, ge=1)
-    loss: Literal["l1", "l2"] = "l1"
-    epochs: int = Field(8, ge=1)
+    loss: Literal["l1", "l2", "ssim", "l1+ssim"] = "l1"
+    """``ssim``: 1 - SSIM; ``l1+ssim``: their sum."""
+    epochs: int = Field(5, ge=1)
 
     @field_validator("architectures")
     @classmethod
@@ -234,6 +312,28 @@ class EvaluateParams(_Section):
 
     batch_size: int = Field(16, ge=1)
     speed_runs: int = Field(5, ge=1)
+    inference: Literal["whole", "slide"] = "whole"
+    """``slide``: overlapping ``window``-sized tiles ``stride`` apart, their logits averaged."""
+    window: tuple[int, int] | None = None
+    """[height, width] of a sliding window (``inference: slide``)."""
+    stride: tuple[int, int] | None = None
+    """[height, width] between windows, at most ``window`` (None: half the window)."""
+    tta: list[Literal["hflip"]] = Field(default_factory=list)
+    """Test-time augmentation: ``[hflip]`` also predicts the mirrored image and averages the logits."""
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> EvaluateParams:
+        if self.inference == "slide" and self.window is None:
+            raise ValueError("inference: slide needs window: [height, width]")
+        if self.window is not None and min(self.window) < 1:
+            raise ValueError(f"window {list(self.window)} must have sides of at least 1 px")
+        if self.stride is not None and (
+            min(self.stride) < 1
+            or self.window is None
+            or any(s > w for s, w in zip(self.stride, self.window, strict=True))
+        ):
+            raise ValueError(f"stride {list(self.stride)} must be positive and at most window")
+        return self
 
 
 class CompareParams(_Section):
@@ -272,8 +372,9 @@ class TrackingParams(_Section):
     enabled: bool = True
     uri: str = "sqlite:///mlflow.db"
     live: bool = False
-    """True: each train stage logs to MLflow as it trains. False: it records its calls in a local spool, and the
-    compare stage sends every spool in one process (MLflow starts once per pipeline, not once per model)."""
+    """True: each train stage logs to MLflow as it trains. False: it records its calls in a local spool,
+    and the track stage sends every spool in one process (MLflow starts once per pipeline, not once per
+    model)."""
 
 
 class Params(_Section):
@@ -290,7 +391,16 @@ class Params(_Section):
     models_table: ModelsTableParams = ModelsTableParams()
     tracking: TrackingParams = TrackingParams()
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _denoise_warmup(self) -> Params:
+        if self.denoise.architectures and self.train.warmup_epochs >= self.denoise.epochs:
+            raise ValueError(
+                f"train.warmup_epochs ({self.train.warmup_epochs}) must be below denoise.epochs "
+                f"({self.denoise.epochs}): denoisers warm up too"
+            )
+        return self
 
 
 _SHORT = reprlib.Repr()  # shows a bad value in an error message without pages of nested data
@@ -298,13 +408,14 @@ _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxstring, _SHORT.maxot
 
 
 def _key_part(part: str | int) -> str:
-    """A key as written, or quoted when it is empty, padded or holds unprintable characters (e.g. a newline)."""
+    """A key as written, or quoted when it is empty, padded or holds unprintable characters (a newline)."""
     plain = isinstance(part, int) or (part.isprintable() and part.strip() == part != "")
     return str(part) if plain else repr(part)
 
 
 def _format_errors(error: ValidationError, source: Path) -> str:
-    """One line per bad key: ``  <dotted.key>: <problem> (got <value, shortened>)``; continuation lines indented."""
+    """One line per bad key: ``  <dotted.key>: <problem> (got <value, shortened>)``; continuation lines
+    indented."""
     lines = [f"{source}: {error.error_count()} invalid setting(s):"]
     for item in error.errors():
         key = ".".join(_key_part(part) for part in item["loc"]) or "<top level>"
@@ -312,7 +423,9 @@ def _format_errors(error: ValidationError, source: Path) -> str:
         if item["type"] == "extra_forbidden":
             message = "unknown key (check its spelling and section)"
         value = item.get("input")
-        hidden = item["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) or "got " in message
+        hidden = (
+            item["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) or "got " in message
+        )
         shown = "" if hidden else f" (got {_SHORT.repr(value)})"
         lines.append(f"  {key}: {message}{shown}".replace("\n", "\n    "))
     return "\n".join(lines)
@@ -339,14 +452,19 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ConfigError(
-            f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); save it as UTF-8"
+            f"{path}: not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
+            "save it as UTF-8"
         ) from None
     except OSError as error:
-        raise ConfigError(f"{path}: could not be read ({error.strerror or error}); check that it is a readable file") from None
+        raise ConfigError(
+            f"{path}: could not be read ({error.strerror or error}); check that it is a readable file"
+        ) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to read; write each section as a plain mapping of settings") from None
+        raise ConfigError(
+            f"{path}: nested too deeply to read; write each section as a plain mapping of settings"
+        ) from None
     return parse_params(raw, path)

@@ -3,6 +3,7 @@ predictions."""
 
 from __future__ import annotations
 
+import colorsys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,15 @@ from PIL import Image
 from torch import nn
 
 from segpipe import io
-from segpipe.predict import class_palette
+
+
+def class_palette(num_classes: int) -> np.ndarray:
+    """``[num_classes, 3]`` uint8 colours, evenly spread hues (class 0 dark grey, as background)."""
+    colours = [(64, 64, 64)] + [
+        tuple(int(255 * c) for c in colorsys.hsv_to_rgb(k / max(num_classes - 1, 1), 0.85, 0.95))
+        for k in range(num_classes - 1)
+    ]
+    return np.array(colours[:num_classes], dtype=np.uint8)
 
 
 def pyplot():
@@ -43,8 +52,15 @@ def confusion_matrix_png(matrix: np.ndarray, class_names: tuple[str, ...], targe
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     for (row, column), value in np.ndenumerate(normalised):
-        axis.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                  color="white" if value > 0.5 else "black")
+        axis.text(
+            column,
+            row,
+            f"{value:.2f}",
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if value > 0.5 else "black",
+        )
     figure.colorbar(shown, ax=axis, fraction=0.046)
     axis.set_title(title)
     save_png(figure, target)
@@ -67,7 +83,12 @@ def per_class_iou_png(per_class: dict[str, float | None], target: Path, title: s
 
 @torch.no_grad()
 def prediction_grid_png(
-    model: nn.Module, images: torch.Tensor, masks: torch.Tensor, num_classes: int, ignore_index: int, target: Path
+    model: nn.Module,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    num_classes: int,
+    ignore_index: int,
+    target: Path,
 ) -> None:
     """One row per sample: image | ground truth | prediction, classes in a fixed palette (ignore: black)."""
     model.eval()
@@ -79,7 +100,7 @@ def prediction_grid_png(
         return palette[np.where(ids == ignore_index, num_classes, np.minimum(ids, num_classes))]
 
     rows = []
-    for image, mask, prediction in zip(images, masks, predictions):
+    for image, mask, prediction in zip(images, masks, predictions, strict=True):
         picture = image.permute(1, 2, 0).clamp(0, 1).mul(255).round().byte().cpu().numpy()
         rows.append(np.concatenate([picture, colour(mask), colour(prediction)], axis=1))
     grid = Image.fromarray(np.concatenate(rows, axis=0))

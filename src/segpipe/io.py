@@ -1,12 +1,16 @@
-"""Atomic file writes: a reader sees either the old file or the complete new one, never half."""
+"""Atomic file writes: a reader sees either the old file or the complete new one, never half.
+
+Temporary files and folders are created with the modes an ordinary ``open`` / ``mkdir`` would give them
+(0666 / 0777 less the umask), so what segpipe publishes is as readable as any other file the user writes.
+"""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,15 +45,34 @@ def _explained(target: Path) -> Iterator[None]:
         ) from None
 
 
+def _create_beside(target: Path, make: Callable[[Path], None]) -> Path:
+    """A new, unused ``.<name>.<random>.tmp`` path beside ``target``, created by ``make`` (which must fail
+    with FileExistsError when the path is taken)."""
+    while True:
+        candidate = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            make(candidate)
+            return candidate
+        except FileExistsError:
+            continue
+
+
+def _new_file(path: Path) -> None:
+    # O_EXCL: never reuse a path someone else holds; mode 0o666 lets the umask decide, as open() would
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
+def _new_folder(path: Path) -> None:
+    path.mkdir(mode=0o777)
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; move it onto ``target`` only if the block succeeds."""
     target = Path(target)
     with _explained(target):
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+        tmp = _create_beside(target, _new_file)
     try:
         with _explained(target):
             yield tmp
@@ -84,7 +107,7 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     """Build a directory under a temporary name; swap it in for ``target`` only on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    staging = _create_beside(target, _new_folder)
     try:
         yield staging
         retired = None

@@ -44,13 +44,17 @@ class SegmentationMetrics:
     per_class_iou: tuple[float, ...]
     per_class_dice: tuple[float, ...]
 
-    def as_dict(self, prefix: str, class_names: tuple[str, ...]) -> dict[str, float | dict[str, float | None]]:
+    def as_dict(
+        self, prefix: str, class_names: tuple[str, ...]
+    ) -> dict[str, float | dict[str, float | None]]:
         return {
             f"{prefix}miou": self.miou,
             f"{prefix}dice": self.dice,
             f"{prefix}pixel_acc": self.pixel_acc,
             f"{prefix}mean_class_acc": self.mean_class_acc,
-            f"{prefix}per_class_iou": {name: _finite_or_none(v) for name, v in zip(class_names, self.per_class_iou)},
+            f"{prefix}per_class_iou": {
+                name: _finite_or_none(v) for name, v in zip(class_names, self.per_class_iou, strict=True)
+            },
         }
 
 
@@ -86,7 +90,8 @@ def metrics_from_confusion(matrix: np.ndarray) -> SegmentationMetrics:
 
 
 def constant_prediction_confusion(class_pixels: np.ndarray, predicted_class: int) -> np.ndarray:
-    """Confusion matrix of a predictor that outputs ``predicted_class`` everywhere, from per-class pixel counts."""
+    """Confusion matrix of a predictor that outputs ``predicted_class`` everywhere, from per-class pixel
+    counts."""
     num_classes = len(class_pixels)
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
     matrix[:, predicted_class] = class_pixels

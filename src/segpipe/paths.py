@@ -42,8 +42,8 @@ class ProjectPaths:
 
     @property
     def leaderboard_summary(self) -> Path:
-        """The leaderboard's best model and each model's score: a DVC metrics file, so ``dvc exp show`` can sort
-        experiments over different architectures by one column."""
+        """The leaderboard's best model and each model's score: a DVC metrics file, so ``dvc exp show`` can
+        sort experiments over different architectures by one column."""
         return self.reports / "leaderboard.json"
 
     @property

@@ -9,8 +9,8 @@ import numpy as np
 from segpipe.config import AugmentParams
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would otherwise query PyPI on import
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
+import albumentations as A
+import cv2
 
 
 class SampleAugmenter:
@@ -27,13 +27,29 @@ class SampleAugmenter:
         if settings.vflip:
             transforms.append(A.VerticalFlip(p=0.5))
         if settings.scale is not None:
-            transforms.append(A.Affine(scale=settings.scale, keep_ratio=True, interpolation=cv2.INTER_LINEAR,
-                                       mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT,
-                                       fill=0, fill_mask=ignore_index, p=1.0))
+            transforms.append(
+                A.Affine(
+                    scale=settings.scale,
+                    keep_ratio=True,
+                    interpolation=cv2.INTER_LINEAR,
+                    mask_interpolation=cv2.INTER_NEAREST,
+                    border_mode=cv2.BORDER_CONSTANT,
+                    fill=0,
+                    fill_mask=ignore_index,
+                    p=1.0,
+                )
+            )
         if settings.color_jitter is not None:
             jitter = settings.color_jitter
-            transforms.append(A.ColorJitter(brightness=jitter.brightness, contrast=jitter.contrast,
-                                            saturation=jitter.saturation, hue=jitter.hue, p=1.0))
+            transforms.append(
+                A.ColorJitter(
+                    brightness=jitter.brightness,
+                    contrast=jitter.contrast,
+                    saturation=jitter.saturation,
+                    hue=jitter.hue,
+                    p=1.0,
+                )
+            )
         self.seed = seed
         self.pipeline = A.Compose(transforms, seed=seed)
 

@@ -1,4 +1,5 @@
-"""Decoded uint8 array cache: one ``.npy`` pair per split, memory-mapped so training never decodes image files."""
+"""Decoded uint8 array cache: one ``.npy`` pair per split, memory-mapped so training never decodes image
+files."""
 
 from __future__ import annotations
 

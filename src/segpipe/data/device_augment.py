@@ -18,7 +18,8 @@ _LUMA = (0.299, 0.587, 0.114)
 
 
 class DeviceAugmenter:
-    """Random zoom (image bilinear, mask nearest, outside pixels black / ``ignore_index``) then colour jitter."""
+    """Random zoom (image bilinear, mask nearest, outside pixels black / ``ignore_index``) then colour
+    jitter."""
 
     def __init__(self, settings: AugmentParams, ignore_index: int, seed: int, device: torch.device) -> None:
         self.scale = settings.scale
@@ -66,18 +67,23 @@ class DeviceAugmenter:
 
         images = images * factor(jitter.brightness)
         grey = (images * luma).sum(1, keepdim=True)
-        images = (images - grey.mean((2, 3), keepdim=True)) * factor(jitter.contrast) + grey.mean((2, 3), keepdim=True)
+        images = (images - grey.mean((2, 3), keepdim=True)) * factor(jitter.contrast) + grey.mean(
+            (2, 3), keepdim=True
+        )
         grey = (images * luma).sum(1, keepdim=True)
         images = (images - grey) * factor(jitter.saturation) + grey
         if jitter.hue > 0:
-            images = _rotate_hue(images, self._uniform(count, -jitter.hue, jitter.hue, generator) * 2 * math.pi)
+            images = _rotate_hue(
+                images, self._uniform(count, -jitter.hue, jitter.hue, generator) * 2 * math.pi
+            )
         return images.clamp_(0, 1)
 
 
 def _rotate_hue(images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     """Rotate each image's chroma by ``angles`` (radians) in YIQ space, keeping its luma."""
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-                          device=images.device)
+    to_yiq = torch.tensor(
+        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=images.device
+    )
     from_yiq = torch.linalg.inv(to_yiq)
     cos, sin = torch.cos(angles), torch.sin(angles)
     rotation = torch.zeros(angles.shape[0], 3, 3, device=images.device)

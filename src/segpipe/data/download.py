@@ -1,8 +1,8 @@
 """Explicit downloads of the public datasets (``prepare.download: true``): fetch, verify, extract safely.
 
-Nothing here runs unless asked. Each archive is streamed to a temporary folder beside the dataset root, checked,
-extracted there and only then moved into the root; ``<root>/.segpipe-download.json`` records the archives done, so
-a second call downloads nothing. On any failure the root keeps exactly what it held before.
+Nothing here runs unless asked. Each archive is streamed to a temporary folder beside the dataset root,
+checked, extracted there and only then moved into the root; ``<root>/.segpipe-download.json`` records the
+archives done, so a second call downloads nothing. On any failure the root keeps exactly what it held before.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from segpipe.data.errors import DatasetError
 MARKER = ".segpipe-download.json"
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60
-# What a failed fetch or a corrupt archive raises (urllib's URLError/HTTPError and gzip's BadGzipFile are OSErrors).
+# What a failed fetch or a corrupt archive raises
+# (urllib's URLError/HTTPError and gzip's BadGzipFile are OSErrors).
 _FAILURES = (OSError, EOFError, zlib.error, http.client.HTTPException, tarfile.TarError, zipfile.BadZipFile)
 _HAS_TAR_FILTERS = hasattr(tarfile, "data_filter")  # Python 3.11.4+
 
@@ -66,7 +67,8 @@ DATASET_ARCHIVES: dict[str, tuple[Archive, ...]] = {
 def download_dataset(
     dataset: str, root: Path, *, progress: bool = True, opener: Opener = urllib.request.urlopen
 ) -> Path:
-    """Download and extract ``dataset``'s official archives into ``root`` (a no-op once done); return ``root``."""
+    """Download and extract ``dataset``'s official archives into ``root`` (a no-op once done); return
+    ``root``."""
     if dataset not in DATASET_ARCHIVES:
         raise ValueError(
             f"downloading applies to {', '.join(sorted(DATASET_ARCHIVES))} only, not {dataset!r}: "
@@ -106,7 +108,9 @@ def _fetch(url: str, dest: Path, progress: bool, opener: Opener) -> str:
     with opener(url, timeout=TIMEOUT_S) as response, dest.open("wb") as out:
         total = getattr(response, "length", None)
         name = PurePosixPath(url).name
-        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, disable=not progress) as bar:
+        with tqdm(
+            total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, disable=not progress
+        ) as bar:
             while chunk := response.read(CHUNK_BYTES):
                 out.write(chunk)
                 digest.update(chunk)
@@ -141,7 +145,8 @@ def _extract(download: Path, dest: Path, url: str) -> None:
 
 
 def _checked_tar_members(archive: tarfile.TarFile, url: str) -> Iterator[tarfile.TarInfo]:
-    """The tar's members, streamed; without tarfile's "data" filter, links and special files are refused too."""
+    """The tar's members, streamed; without tarfile's "data" filter, links and special files are refused
+    too."""
     for member in archive:
         _check_member(member.name, url)
         if not _HAS_TAR_FILTERS and not (member.isfile() or member.isdir()):
@@ -159,12 +164,14 @@ def _check_member(name: str, url: str) -> None:
 def _unsafe_member(name: str, url: str, why: str) -> DatasetError:
     return DatasetError(
         f"{url} holds an unsafe member {name!r} that {why}; nothing was extracted",
-        "download the archive from the official source yourself and check it, then set prepare.download: false",
+        "download the archive from the official source yourself and check it, "
+        "then set prepare.download: false",
     )
 
 
 def _publish(archive: Archive, staging: Path, root: Path) -> None:
-    """Move the extracted entries (of ``archive.subdir``) into place, refusing before any move to overwrite."""
+    """Move the extracted entries (of ``archive.subdir``) into place, refusing before any move to
+    overwrite."""
     source, target = staging / archive.subdir, root / archive.extract_to
     if not source.is_dir():
         raise DatasetError(f"{archive.url} has no {archive.subdir}/ folder", _manual_fix(root), root)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 
 class DatasetError(ValueError):
-    """A bad input file or layout (a dataset file for prepare, an image for predict), found before anything is written."""
+    """A bad input file or layout (a dataset file for prepare, an image for predict), found before anything
+    is written."""
 
     def __init__(self, problem: str, fix: str, path: Path | str | None = None):
         self.path = None if path is None else Path(path)

@@ -1,4 +1,5 @@
-"""Batches straight from the uint8 cache: one tensor copy per epoch, flips on the batch, no per-sample Python work."""
+"""Batches straight from the uint8 cache: one tensor copy per epoch, flips on the batch, no per-sample
+Python work."""
 
 from __future__ import annotations
 
@@ -70,8 +71,10 @@ class BatchLoader:
         global_batch = batch_size * world_size
         full, partial = divmod(count, global_batch)
         if world_size > 1 and not (drop_last and full):
-            raise ValueError(f"sharding over {world_size} ranks needs drop_last and at least one global batch "
-                             f"({global_batch} samples; the split has {count})")
+            raise ValueError(
+                f"sharding over {world_size} ranks needs drop_last and at least one global batch "
+                f"({global_batch} samples; the split has {count})"
+            )
         self.num_batches = full if drop_last and full else full + (partial > 0)
 
     def __len__(self) -> int:
@@ -95,7 +98,9 @@ class BatchLoader:
         order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
         flips = torch.rand(count, 2, generator=generator)
         for batch in range(first, self.num_batches):
-            shard = batch * self.world_size + self.rank  # this rank's slice of the global batch (1 process: the batch)
+            shard = (
+                batch * self.world_size + self.rank
+            )  # this rank's slice of the global batch (1 process: the batch)
             index = order[shard * self.batch_size : (shard + 1) * self.batch_size]
             if self.augmenter is not None:
                 self.augmenter.set_epoch(self.epoch, shard)
@@ -119,10 +124,14 @@ class BatchLoader:
         device = self.images.device
         if device.type == "cuda":  # page-locked, so the copies below overlap with the GPU's work
             images, masks = images.pin_memory(), masks.pin_memory()
-        return images.to(device, non_blocking=True).float().div_(255.0), masks.to(device, non_blocking=True).long()
+        return images.to(device, non_blocking=True).float().div_(255.0), masks.to(
+            device, non_blocking=True
+        ).long()
 
 
-def _flip_where(images: torch.Tensor, masks: torch.Tensor, chosen: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _flip_where(
+    images: torch.Tensor, masks: torch.Tensor, chosen: torch.Tensor, dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Flip the chosen samples of a batch along ``dim`` (image and mask alike)."""
     if not bool(chosen.any()):
         return images, masks

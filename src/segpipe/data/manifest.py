@@ -1,15 +1,19 @@
-"""The prepared dataset's description: ``dataset.json`` (classes, splits) and ``manifest.csv`` (one row per sample)."""
+"""The prepared dataset's description: ``dataset.json`` (classes, splits) and ``manifest.csv`` (one row per
+sample)."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from segpipe import io
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 MANIFEST_FILE = "manifest.csv"
@@ -60,7 +64,14 @@ def class_pixel_columns(num_classes: int) -> list[str]:
 
 
 def manifest_row(
-    sample_id: str, split: str, index: int, image_path: str, mask_path: str, image: np.ndarray, mask: np.ndarray, num_classes: int
+    sample_id: str,
+    split: str,
+    index: int,
+    image_path: str,
+    mask_path: str,
+    image: np.ndarray,
+    mask: np.ndarray,
+    num_classes: int,
 ) -> dict[str, object]:
     """One manifest row: identity, paths (relative to the prepared dir), sizes, class pixel counts, hash."""
     counts = np.bincount(mask.ravel(), minlength=256)
@@ -97,4 +108,6 @@ def read_manifest(prepared_dir: Path) -> pd.DataFrame:
     path = Path(prepared_dir) / MANIFEST_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run the prepare stage first (dvc repro prepare)")
+    import pandas as pd  # only where the manifest is read: training hosts need not have pandas
+
     return pd.read_csv(path)

@@ -2,8 +2,10 @@
 
 ``synthetic`` renders scenes; ``folder``, ``camvid``, ``oxford_pets`` and ``voc`` read a dataset on
 disk (:mod:`segpipe.data.sources`), decode and check every file, map mask values to class ids and fit
-every sample to ``prepare.image_size``. All problems are reported together, naming the files, before
-anything is written; the previous ``data/prepared`` stays intact until the new one is complete.
+every sample to ``prepare.image_size``. Images are turned upright by their EXIF orientation (the
+manifest's ``exif_orientation`` says which were), and files larger than ``prepare.max_image_side`` /
+``prepare.max_image_pixels`` are refused from their headers. All problems are reported together, naming the
+files, before anything is written; the previous ``data/prepared`` stays intact until the new one is complete.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from segpipe import io
 from segpipe.config import PrepareParams
 from segpipe.data import synthetic
 from segpipe.data.cache import SplitArrays, save_split
-from segpipe.data.decode import file_digest, read_image, read_mask
+from segpipe.data.decode import ImageLimit, MaskReading, file_digest, read_sample
 from segpipe.data.errors import DatasetError
 from segpipe.data.manifest import MANIFEST_FILE, SPLITS, DatasetInfo, manifest_row
 from segpipe.data.preprocess import fit_to_size
@@ -36,10 +38,12 @@ class PreparedSplit:
     arrays: SplitArrays
     ids: list[str]
     sources: list[tuple[str, str]]  # (image, mask) source paths, empty strings for generated data
+    orientations: list[int]  # EXIF orientation of each source image (1: stored upright)
 
 
 def _synthetic_split(params: PrepareParams, split: str) -> PreparedSplit:
-    """Render one split; each sample has its own seed (dataset seed, split, index), so splits never share scenes."""
+    """Render one split; each sample has its own seed (dataset seed, split, index), so splits never share
+    scenes."""
     height, width = params.image_size
     count = getattr(params.splits, split)
     images = np.empty((count, height, width, 3), dtype=np.uint8)
@@ -48,7 +52,7 @@ def _synthetic_split(params: PrepareParams, split: str) -> PreparedSplit:
         rng = np.random.default_rng([params.seed, SPLITS.index(split), index])
         images[index], masks[index] = synthetic.render_scene(rng, height, width)
     ids = [f"{split}_{index:05d}" for index in range(count)]
-    return PreparedSplit(SplitArrays(images=images, masks=masks), ids, [("", "")] * count)
+    return PreparedSplit(SplitArrays(images=images, masks=masks), ids, [("", "")] * count, [1] * count)
 
 
 @dataclass(frozen=True)
@@ -81,8 +85,9 @@ class MaskMapping:
 class ReadSettings:
     """Everything a worker process needs to turn one source sample into arrays of the target size."""
 
-    mask_format: str
-    palette: tuple[tuple[int, int, int], ...] | None
+    reading: MaskReading
+    limit: ImageLimit
+    image_formats: tuple[str, ...]
     mapping: MaskMapping
     num_classes: int
     ignore_index: int
@@ -90,20 +95,13 @@ class ReadSettings:
     resize: str
 
 
-def load_sample(sample: SourceSample, settings: ReadSettings) -> tuple[np.ndarray, np.ndarray]:
-    """Decode, check and fit one sample; :class:`DatasetError` naming the file on any problem."""
+def load_sample(sample: SourceSample, settings: ReadSettings) -> tuple[np.ndarray, np.ndarray, int]:
+    """Decode (upright), check and fit one sample, and give its image's EXIF orientation;
+    :class:`DatasetError` naming the file on any problem."""
     assert sample.mask is not None
-    image = read_image(sample.image)
-    raw = read_mask(
-        sample.mask, settings.mask_format, settings.palette,
-        ignore_index=settings.ignore_index, auto_binary=settings.num_classes <= 2,
+    image, raw, orientation = read_sample(
+        sample.image, sample.mask, settings.reading, settings.limit, settings.image_formats
     )
-    if image.shape[:2] != raw.shape:
-        raise DatasetError(
-            f"image is {image.shape[1]}x{image.shape[0]} (WxH) but its mask {sample.mask} is {raw.shape[1]}x{raw.shape[0]}",
-            "give image and mask the same size (or remove the pair)",
-            sample.image,
-        )
     present = np.flatnonzero(np.bincount(raw.ravel(), minlength=256))
     bad = present[~settings.mapping.valid[present]]
     if bad.size:
@@ -114,18 +112,20 @@ def load_sample(sample: SourceSample, settings: ReadSettings) -> tuple[np.ndarra
             sample.mask,
         )
     mask = settings.mapping.lookup[raw]
-    return fit_to_size(image, mask, settings.size, settings.resize, settings.ignore_index)
+    return (*fit_to_size(image, mask, settings.size, settings.resize, settings.ignore_index), orientation)
 
 
-def _load_or_error(job: tuple[SourceSample, ReadSettings]) -> tuple[np.ndarray, np.ndarray] | str:
+def _load_or_error(job: tuple[SourceSample, ReadSettings]) -> tuple[np.ndarray, np.ndarray, int] | str:
     try:
         return load_sample(*job)
     except DatasetError as error:
         return str(error)
 
 
-def _load_all(samples: Sequence[SourceSample], settings: ReadSettings, workers: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Decode every sample (in a process pool when ``workers`` > 1); one DatasetError listing every bad file."""
+def _load_all(
+    samples: Sequence[SourceSample], settings: ReadSettings, workers: int
+) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Decode every sample (in a process pool when ``workers`` > 1); one DatasetError lists every bad file."""
     jobs = [(sample, settings) for sample in samples]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
@@ -135,7 +135,11 @@ def _load_all(samples: Sequence[SourceSample], settings: ReadSettings, workers: 
     problems = [result for result in results if isinstance(result, str)]
     if problems:
         listed = "\n  - ".join(problems[:MAX_LISTED_PROBLEMS])
-        more = f"\n  ... and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
+        more = (
+            f"\n  ... and {len(problems) - MAX_LISTED_PROBLEMS} more"
+            if len(problems) > MAX_LISTED_PROBLEMS
+            else ""
+        )
         raise DatasetError(
             f"{len(problems)} of {len(samples)} samples cannot be used, so nothing was written",
             f"fix or remove these files, then re-run prepare:\n  - {listed}{more}",
@@ -147,8 +151,10 @@ def _subset(samples: list[SourceSample], limit: int | None, seed: int) -> list[S
     """At most ``limit`` samples per split, chosen by a seeded hash of their ids (deterministic)."""
     if limit is None:
         return samples
+
     def order(sample: SourceSample) -> str:
         return hashlib.sha256(f"{seed}:{sample.id}".encode()).hexdigest()
+
     chosen = []
     for split in SPLITS:
         chosen += sorted((s for s in samples if s.split == split), key=order)[:limit]
@@ -161,7 +167,9 @@ def _class_names(params: PrepareParams, listing: SourceListing, root: Path) -> t
     if listing.class_names:
         return tuple(listing.class_names)
     raise DatasetError(
-        "the dataset does not name its classes", "set prepare.classes (names in class-id order) or add classes.txt", root
+        "the dataset does not name its classes",
+        "set prepare.classes (names in class-id order) or add classes.txt",
+        root,
     )
 
 
@@ -170,10 +178,23 @@ def _source_splits(params: PrepareParams) -> tuple[dict[str, PreparedSplit], tup
     listing = list_source(params.dataset, root, trimap=params.trimap)
     class_names = _class_names(params, listing, root)
     ratios = {"val": params.split_ratios.val, "test": params.split_ratios.test}
-    samples = _subset(assign_splits(listing.samples, ratios, params.seed, file_digest), params.max_per_split, params.seed)
+    samples = _subset(
+        assign_splits(listing.samples, ratios, params.seed, file_digest), params.max_per_split, params.seed
+    )
     settings = ReadSettings(
-        mask_format=params.mask_format if params.mask_format != "auto" else listing.mask_format,
-        palette=tuple(params.palette) if params.palette else None,
+        reading=MaskReading(
+            mask_format=params.mask_format if params.mask_format != "auto" else listing.mask_format,
+            palette=tuple(params.palette) if params.palette else None,
+            ignore_index=params.ignore_index,
+            auto_binary=len(class_names) <= 2,
+        ),
+        limit=ImageLimit(
+            params.max_image_side,
+            params.max_image_pixels,
+            "prepare",
+            "downscale the image, or raise prepare.max_image_side / prepare.max_image_pixels",
+        ),
+        image_formats=listing.image_formats,
         mapping=MaskMapping.build(listing, len(class_names), params.ignore_index),
         num_classes=len(class_names),
         ignore_index=params.ignore_index,
@@ -183,18 +204,26 @@ def _source_splits(params: PrepareParams) -> tuple[dict[str, PreparedSplit], tup
     chosen = {split: sorted((s for s in samples if s.split == split), key=lambda s: s.id) for split in SPLITS}
     for split in SPLITS:
         if not chosen[split]:
-            raise DatasetError(f"split {split!r} has no samples", "add labelled data or adjust prepare.split_ratios", root)
+            raise DatasetError(
+                f"split {split!r} has no samples", "add labelled data or adjust prepare.split_ratios", root
+            )
     if listing.unlabelled:
-        print(f"prepare: skipped {listing.unlabelled} image(s) under {root} that have no masks folder (unlabelled)")
+        print(
+            f"prepare: skipped {listing.unlabelled} image(s) under {root} that have no masks folder "
+            "(unlabelled)"
+        )
     ordered = [sample for split in SPLITS for sample in chosen[split]]
-    loaded = iter(_load_all(ordered, settings, params.workers))  # all splits at once: every bad file is reported
+    loaded = iter(
+        _load_all(ordered, settings, params.workers)
+    )  # all splits at once: every bad file is reported
     splits = {}
     for split in SPLITS:
-        pairs = [next(loaded) for _ in chosen[split]]
+        images, masks, orientations = zip(*(next(loaded) for _ in chosen[split]), strict=True)
         splits[split] = PreparedSplit(
-            SplitArrays(images=np.stack([image for image, _ in pairs]), masks=np.stack([mask for _, mask in pairs])),
+            SplitArrays(images=np.stack(images), masks=np.stack(masks)),
             [s.id for s in chosen[split]],
             [(str(s.image), str(s.mask)) for s in chosen[split]],
+            list(orientations),
         )
     return splits, class_names
 
@@ -203,20 +232,32 @@ def _file_stem(sample_id: str) -> str:
     return sample_id.replace("/", "__").replace("\\", "__")
 
 
-def _write_split(root: Path, split: str, prepared: PreparedSplit, num_classes: int) -> list[dict[str, object]]:
+def _write_split(
+    root: Path, split: str, prepared: PreparedSplit, num_classes: int
+) -> list[dict[str, object]]:
     (root / split / "images").mkdir(parents=True)
     (root / split / "masks").mkdir(parents=True)
     rows = []
     arrays = prepared.arrays
-    for index, (sample_id, (source_image, source_mask)) in enumerate(zip(prepared.ids, prepared.sources)):
+    samples = zip(prepared.ids, prepared.sources, prepared.orientations, strict=True)
+    for index, (sample_id, (source_image, source_mask), orientation) in enumerate(samples):
         stem = _file_stem(sample_id)
         image_path = f"{split}/images/{stem}.png"
         mask_path = f"{split}/masks/{stem}.png"
         Image.fromarray(arrays.images[index]).save(root / image_path, compress_level=1)
         Image.fromarray(arrays.masks[index]).save(root / mask_path, compress_level=1)
-        row = manifest_row(sample_id, split, index, image_path, mask_path, arrays.images[index], arrays.masks[index], num_classes)
+        row = manifest_row(
+            sample_id,
+            split,
+            index,
+            image_path,
+            mask_path,
+            arrays.images[index],
+            arrays.masks[index],
+            num_classes,
+        )
         if source_image:
-            row.update(source_image=source_image, source_mask=source_mask)
+            row.update(source_image=source_image, source_mask=source_mask, exif_orientation=orientation)
         rows.append(row)
     save_split(root, split, arrays)
     return rows
@@ -229,7 +270,9 @@ def prepare_dataset(params: PrepareParams, out_dir: Path) -> DatasetInfo:
         splits = {split: _synthetic_split(params, split) for split in SPLITS}
         class_names = synthetic.CLASS_NAMES
     else:
-        splits, class_names = _source_splits(params)  # every file is read and checked before anything is written
+        splits, class_names = _source_splits(
+            params
+        )  # every file is read and checked before anything is written
     info = DatasetInfo(
         name=params.dataset,
         class_names=tuple(class_names),

@@ -30,7 +30,9 @@ def fit_to_size(
     are returned unchanged.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != mask.shape:
-        raise ValueError(f"image shape {image.shape} and mask shape {mask.shape} do not match: expected HxWx3 and HxW")
+        raise ValueError(
+            f"image shape {image.shape} and mask shape {mask.shape} do not match: expected HxWx3 and HxW"
+        )
     height, width = image.shape[:2]
     target_height, target_width = size
     if (height, width) == (target_height, target_width):

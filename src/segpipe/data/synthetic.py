@@ -6,8 +6,8 @@ Each scene is rendered with the painter's algorithm on a float canvas:
 
 1. **Background**: a smooth two-colour gradient along a random direction, plus
    low- and mid-frequency noise (coarse random grids, bilinearly upsampled),
-   plus a few soft Gaussian colour blobs, plus fine per-pixel grain (texture).  Some blobs take a jittered copy of one
-   of the scene's object colours, so the background regularly contains colours
+   plus a few soft Gaussian colour blobs, plus fine per-pixel grain (texture).  Some blobs
+   take a jittered copy of one of the scene's object colours, so the background regularly contains colours
    that also occur on objects.
 2. **Objects**: 4-8 instances (at least 4 distinct classes, extras favour the
    thin classes) drawn in random order, later ones occluding earlier ones.  Each
@@ -103,7 +103,7 @@ def _draw(rng: np.random.Generator, grid: _Grid) -> _Scene:
     canvas = _background(rng, grid, colours)
     mask = np.zeros((grid.height, grid.width), dtype=np.uint8)
     shapes: list[np.ndarray] = []
-    for cls, colour in zip(classes, colours):
+    for cls, colour in zip(classes, colours, strict=True):
         shape = _SHAPE_FNS[cls](rng, grid)
         shade = _shading(rng, grid)
         if rng.random() < _CAMOUFLAGE_P and shape.any():

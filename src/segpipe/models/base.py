@@ -21,7 +21,7 @@ class SegmentationNetwork(nn.Module):
         stride = self.output_stride
         problems = [
             f"{axis}={size} (nearest valid: {_nearest_multiples(size, stride)})"
-            for axis, size in zip(("height", "width"), x.shape[-2:])
+            for axis, size in zip(("height", "width"), x.shape[-2:], strict=True)
             if size % stride
         ]
         if problems:
@@ -40,9 +40,7 @@ class SegmentationNetwork(nn.Module):
 class SegmentationModel(SegmentationNetwork):
     """Encoder -> decoder -> head, the layout of segpipe's own architectures."""
 
-    def __init__(
-        self, encoder: nn.Module, decoder: nn.Module, head: nn.Module, output_stride: int
-    ):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, head: nn.Module, output_stride: int):
         super().__init__(output_stride)
         self.encoder = encoder
         self.decoder = decoder

@@ -5,14 +5,13 @@ called as ``upsample(x, indices=None)``; only ``max_unpool`` needs ``indices``, 
 ignore them, so a decoder can pass its encoder's pooling indices whatever the mode.
 """
 
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-UpsampleMode = Literal["nearest", "bilinear", "transpose", "bed_of_nails", "max_unpool"]
-UPSAMPLE_MODES: tuple[UpsampleMode, ...] = get_args(UpsampleMode)
+from segpipe.models.options import UPSAMPLE_MODES, UpsampleMode
 
 
 class Interpolate(nn.Module):
@@ -25,9 +24,7 @@ class Interpolate(nn.Module):
 
     def forward(self, x: torch.Tensor, indices: torch.Tensor | None = None) -> torch.Tensor:
         align_corners = False if self.mode == "bilinear" else None
-        return F.interpolate(
-            x, scale_factor=self.factor, mode=self.mode, align_corners=align_corners
-        )
+        return F.interpolate(x, scale_factor=self.factor, mode=self.mode, align_corners=align_corners)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, factor={self.factor}"
@@ -91,9 +88,7 @@ class ProjectThenResample(nn.Sequential):
         return resample(project(x), indices)
 
 
-def make_upsample(
-    mode: UpsampleMode, in_channels: int, out_channels: int, factor: int = 2
-) -> nn.Module:
+def make_upsample(mode: UpsampleMode, in_channels: int, out_channels: int, factor: int = 2) -> nn.Module:
     """Upsampler ``mode`` from ``in_channels`` to ``out_channels`` by ``factor``.
 
     ``transpose`` changes the channels itself. The parameter-free modes (``nearest``,

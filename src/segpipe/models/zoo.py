@@ -1,85 +1,68 @@
-"""Architecture registry: option validation and model construction by name."""
+"""The architecture table: each name maps to its family, option class and model class.
 
+Names and option classes import without torch, so ``params.yaml`` is checked (names and options) before
+any stage loads torch; the model class is imported when a model is built.
+"""
+
+from __future__ import annotations
+
+import importlib
 import reprlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from functools import partial
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from segpipe.models import autoencoder, dilated, segnet, xception_unet
-from segpipe.models.base import SegmentationNetwork
-from segpipe.models.fcn import FCN
-from segpipe.models.smp_baselines import (
-    SmpDeepLabV3PlusConfig,
-    SmpFPNConfig,
-    SmpUnetConfig,
-    build_smp,
-)
-from segpipe.models.unet import UNet
-from segpipe.models.upsampling import UpsampleMode
+from segpipe.models.autoencoder.config import AutoencoderConfig
+from segpipe.models.dilated.config import DilatedNetConfig
+from segpipe.models.fcn.config import FCNConfig
+from segpipe.models.options import ModelConfig
+from segpipe.models.segnet.config import SegNetConfig
+from segpipe.models.smp.config import SmpDeepLabV3PlusConfig, SmpFPNConfig, SmpUnetConfig
+from segpipe.models.unet.config import UNetConfig
+from segpipe.models.xception_unet.config import XceptionUNetConfig
 
-
-class UNetConfig(BaseModel):
-    """Options of ``unet``; see :class:`segpipe.models.unet.UNet`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    depth: int = Field(default=4, ge=1, le=6)
-    base_channels: int = Field(default=16, ge=1)
-    upsample: UpsampleMode = "transpose"
-    batch_norm: bool = True
-
-
-class FCNConfig(BaseModel):
-    """Options of ``fcn32s``/``fcn16s``/``fcn8s``; see :class:`segpipe.models.fcn.FCN`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    width: float = Field(default=0.25, gt=0, le=1)
-    fc_channels: int | None = Field(default=None, ge=1)
-    dropout: float = Field(default=0.5, ge=0, lt=1)
-    batch_norm: bool = True
-
-
-Builder = Callable[[Any, int, int], SegmentationNetwork]  # (config, num_classes, in_channels)
+if TYPE_CHECKING:
+    from segpipe.models.base import SegmentationNetwork
 
 
 @dataclass(frozen=True)
 class ArchitectureSpec:
+    """One architecture: built as ``model(num_classes, in_channels, config, **fixed)``."""
+
     name: str
     family: Literal["builtin", "smp"]  # builtin: segpipe's own; smp: segmentation_models_pytorch
-    config_cls: type[BaseModel]
-    builder: Builder
+    config_cls: type[ModelConfig]
+    model: str  # "module:Class"
+    fixed: Mapping[str, Any] = field(default_factory=dict)  # constructor arguments set by the name
+
+    def model_class(self) -> type[SegmentationNetwork]:
+        module, _, name = self.model.partition(":")
+        return getattr(importlib.import_module(module), name)
 
 
-def _build_unet(config: UNetConfig, num_classes: int, in_channels: int) -> UNet:
-    return UNet(num_classes, in_channels, **config.model_dump())
-
-
-def _build_fcn(variant: int, config: FCNConfig, num_classes: int, in_channels: int) -> FCN:
-    return FCN(num_classes, in_channels, variant=variant, **config.model_dump())
-
-
+_FCN = "segpipe.models.fcn.model:FCN"
+_SMP = "segpipe.models.smp.model:SmpModel"
 ARCHITECTURES: dict[str, ArchitectureSpec] = {
     spec.name: spec
     for spec in (
-        ArchitectureSpec("unet", "builtin", UNetConfig, _build_unet),
-        ArchitectureSpec("fcn32s", "builtin", FCNConfig, partial(_build_fcn, 32)),
-        ArchitectureSpec("fcn16s", "builtin", FCNConfig, partial(_build_fcn, 16)),
-        ArchitectureSpec("fcn8s", "builtin", FCNConfig, partial(_build_fcn, 8)),
-        ArchitectureSpec("autoencoder", "builtin", autoencoder.AutoencoderConfig, autoencoder.build),
-        ArchitectureSpec("segnet", "builtin", segnet.SegNetConfig, segnet.build),
-        ArchitectureSpec("xception_unet", "builtin", xception_unet.XceptionUNetConfig, xception_unet.build),
-        ArchitectureSpec("dilated", "builtin", dilated.DilatedNetConfig, dilated.build),
-        ArchitectureSpec("smp_unet", "smp", SmpUnetConfig, partial(build_smp, "Unet")),
-        ArchitectureSpec("smp_fpn", "smp", SmpFPNConfig, partial(build_smp, "FPN")),
+        ArchitectureSpec("unet", "builtin", UNetConfig, "segpipe.models.unet.model:UNet"),
+        ArchitectureSpec("fcn32s", "builtin", FCNConfig, _FCN, {"variant": 32}),
+        ArchitectureSpec("fcn16s", "builtin", FCNConfig, _FCN, {"variant": 16}),
+        ArchitectureSpec("fcn8s", "builtin", FCNConfig, _FCN, {"variant": 8}),
         ArchitectureSpec(
-            "smp_deeplabv3plus",
-            "smp",
-            SmpDeepLabV3PlusConfig,
-            partial(build_smp, "DeepLabV3Plus"),
+            "autoencoder", "builtin", AutoencoderConfig, "segpipe.models.autoencoder.model:Autoencoder"
+        ),
+        ArchitectureSpec("segnet", "builtin", SegNetConfig, "segpipe.models.segnet.model:SegNet"),
+        ArchitectureSpec(
+            "xception_unet", "builtin", XceptionUNetConfig, "segpipe.models.xception_unet.model:XceptionUNet"
+        ),
+        ArchitectureSpec("dilated", "builtin", DilatedNetConfig, "segpipe.models.dilated.model:DilatedNet"),
+        ArchitectureSpec("smp_unet", "smp", SmpUnetConfig, _SMP, {"architecture": "Unet"}),
+        ArchitectureSpec("smp_fpn", "smp", SmpFPNConfig, _SMP, {"architecture": "FPN"}),
+        ArchitectureSpec(
+            "smp_deeplabv3plus", "smp", SmpDeepLabV3PlusConfig, _SMP, {"architecture": "DeepLabV3Plus"}
         ),
     )
 }
@@ -94,9 +77,7 @@ def get_architecture(name: str) -> ArchitectureSpec:
     try:
         return ARCHITECTURES[name]
     except KeyError:
-        raise ValueError(
-            f"Unknown architecture {name!r}; available: {', '.join(ARCHITECTURES)}"
-        ) from None
+        raise ValueError(f"Unknown architecture {name!r}; available: {', '.join(ARCHITECTURES)}") from None
 
 
 def architecture_family(name: str) -> str:
@@ -107,7 +88,7 @@ _SHORT = reprlib.Repr()  # a bad value shown in an error without pages of nested
 _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 3, 6, 6, 60, 60
 
 
-def validate_model_options(name: str, options: Mapping[str, Any] | None) -> BaseModel:
+def validate_model_options(name: str, options: Mapping[str, Any] | None) -> ModelConfig:
     """Typed config for ``name`` from ``train.models.<name>`` options (None: all defaults).
 
     Raises ValueError naming every offending key with the allowed keys, values or type.
@@ -137,4 +118,5 @@ def build_model(
 ) -> SegmentationNetwork:
     """Build architecture ``name`` with validated ``options``; returns logits at the input size."""
     config = validate_model_options(name, options)
-    return get_architecture(name).builder(config, num_classes, in_channels)
+    spec = get_architecture(name)
+    return spec.model_class()(num_classes, in_channels, config, **spec.fixed)

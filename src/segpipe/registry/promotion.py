@@ -26,26 +26,41 @@ from segpipe.config import Params
 from segpipe.data.cache import load_split
 from segpipe.data.loader import BatchLoader
 from segpipe.data.manifest import DatasetInfo, class_pixel_columns, read_manifest
+from segpipe.inference import WHOLE, InferenceSettings, predict_logits
 from segpipe.metrics import constant_prediction_confusion
 from segpipe.paths import ProjectPaths
 from segpipe.registry.versions import registered_model_name
+from segpipe.training.device import ComputeMode
 
 CHAMPION = "champion"
 HISTORY_TAG = "segpipe.champion_history"
 
 
 @torch.no_grad()
-def per_image_confusions(model: nn.Module, loader: BatchLoader, num_classes: int, ignore_index: int) -> np.ndarray:
-    """``[N, C, C]`` confusion matrix of every test image (rows: truth, columns: prediction)."""
+def per_image_confusions(
+    model: nn.Module,
+    loader: BatchLoader,
+    num_classes: int,
+    ignore_index: int,
+    mode: ComputeMode | None = None,
+    inference: InferenceSettings = WHOLE,
+) -> np.ndarray:
+    """``[N, C, C]`` confusion matrix of every test image (rows: truth, columns: prediction), predicted as the
+    evaluate stage does: in ``mode``'s precision and memory format (default fp32), under ``inference``."""
+    mode = mode or ComputeMode(loader.images.device)
+    mode.prepare(model)
     model.eval()
     matrices = []
     for images, masks in loader:
-        prediction = model(images).argmax(1)
+        with mode.autocast():
+            prediction = predict_logits(model, mode.inputs(images), inference).argmax(1)
         valid = masks != ignore_index
         index = masks * num_classes + prediction
         index = torch.where(valid, index, num_classes * num_classes)  # one overflow bin for ignored pixels
         offsets = torch.arange(len(images), device=index.device)[:, None] * (num_classes * num_classes + 1)
-        counts = torch.bincount((index.flatten(1) + offsets).flatten(), minlength=len(images) * (num_classes**2 + 1))
+        counts = torch.bincount(
+            (index.flatten(1) + offsets).flatten(), minlength=len(images) * (num_classes**2 + 1)
+        )
         matrices.append(counts.view(len(images), -1)[:, :-1].view(-1, num_classes, num_classes).cpu())
     return torch.cat(matrices).numpy()
 
@@ -70,8 +85,11 @@ class PairedComparison:
     resamples: int
 
 
-def paired_bootstrap(challenger: np.ndarray, champion: np.ndarray, resamples: int, seed: int) -> PairedComparison:
-    """95 % interval of mIoU(challenger) - mIoU(champion) over test images resampled with replacement (paired)."""
+def paired_bootstrap(
+    challenger: np.ndarray, champion: np.ndarray, resamples: int, seed: int
+) -> PairedComparison:
+    """95 % interval of mIoU(challenger) - mIoU(champion) over test images resampled with replacement
+    (paired)."""
     if challenger.shape != champion.shape:
         raise ValueError(f"paired comparison needs the same images: {challenger.shape} vs {champion.shape}")
     count = len(challenger)
@@ -79,11 +97,20 @@ def paired_bootstrap(challenger: np.ndarray, champion: np.ndarray, resamples: in
     weights = rng.multinomial(count, np.full(count, 1.0 / count), size=resamples).astype(np.float64)  # [B, N]
     flat_challenger, flat_champion = challenger.reshape(count, -1), champion.reshape(count, -1)
     shape = (resamples, *challenger.shape[1:])
-    differences = miou_of((weights @ flat_challenger).reshape(shape)) - miou_of((weights @ flat_champion).reshape(shape))
+    differences = miou_of((weights @ flat_challenger).reshape(shape)) - miou_of(
+        (weights @ flat_champion).reshape(shape)
+    )
     low, high = np.quantile(differences, [0.025, 0.975])
     full_challenger, full_champion = miou_of(challenger.sum(0)), miou_of(champion.sum(0))
-    return PairedComparison(float(full_challenger), float(full_champion), float(full_challenger - full_champion),
-                            float(low), float(high), count, resamples)
+    return PairedComparison(
+        float(full_challenger),
+        float(full_champion),
+        float(full_challenger - full_champion),
+        float(low),
+        float(high),
+        count,
+        resamples,
+    )
 
 
 @dataclass(frozen=True)
@@ -119,7 +146,9 @@ def registry_lock(lock_path: Path, timeout_s: float = 300.0) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{lock_path} is held by another promotion for over {timeout_s:.0f} s") from None
+                    raise TimeoutError(
+                        f"{lock_path} is held by another promotion for over {timeout_s:.0f} s"
+                    ) from None
                 time.sleep(0.05)
         try:
             yield
@@ -150,9 +179,11 @@ def _history(client, name: str) -> list[str]:
 
 
 def load_registered(name: str, version: str, device: torch.device) -> nn.Module:
-    import mlflow
+    """Version ``version`` of ``name``, rebuilt from its safetensors + JSON; a version that would need
+    unpickling is refused (:class:`~segpipe.serving.logged.UnsafeModel`) before anything in it is read."""
+    from segpipe.serving.logged import load_logged_model
 
-    return mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location=device).to(device).eval()
+    return load_logged_model(f"models:/{name}/{version}", device)[0]
 
 
 def majority_confusions(paths: ProjectPaths, info: DatasetInfo, masks: np.ndarray) -> np.ndarray:
@@ -160,7 +191,9 @@ def majority_confusions(paths: ProjectPaths, info: DatasetInfo, masks: np.ndarra
     manifest = read_manifest(paths.prepared)
     columns = class_pixel_columns(info.num_classes)
     majority = int(np.argmax(manifest.loc[manifest["split"] == "train", columns].sum().to_numpy()))
-    counts = [np.bincount(mask[mask != info.ignore_index].ravel(), minlength=info.num_classes) for mask in masks]
+    counts = [
+        np.bincount(mask[mask != info.ignore_index].ravel(), minlength=info.num_classes) for mask in masks
+    ]
     return np.stack([constant_prediction_confusion(c[: info.num_classes], majority) for c in counts])
 
 
@@ -172,8 +205,6 @@ def prepared_data_hash(paths: ProjectPaths) -> str:
 
 def promote(params: Params, paths: ProjectPaths) -> PromotionDecision:
     """Move ``champion`` to the ``register.alias`` version if it passes the gates (see module docstring)."""
-    from segpipe.training.device import resolve_device
-
     settings = params.promote
     info = DatasetInfo.load(paths.prepared)
     name = registered_model_name(info.name)
@@ -182,48 +213,100 @@ def promote(params: Params, paths: ProjectPaths) -> PromotionDecision:
     with registry_lock(paths.registry_lock):
         challenger = _alias_or_none(client, name, challenger_alias)
         if challenger is None:
-            raise ValueError(f"registered model {name} has no @{challenger_alias} version: run the register stage first")
+            raise ValueError(
+                f"registered model {name} has no @{challenger_alias} version: run the register stage first"
+            )
         champion = _alias_or_none(client, name, CHAMPION)
         device_used = client.get_run(challenger.run_id).data.tags.get("device", "unknown")
         comparison, baseline = None, "majority_class" if champion is None else f"version {champion.version}"
         if champion is not None and champion.version == challenger.version:
             promoted, reason = False, f"version {challenger.version} already is the champion"
         elif settings.require_gpu and not device_used.startswith("cuda"):
-            promoted, reason = False, f"trained on {device_used}; promote.require_gpu allows only CUDA-trained champions"
+            promoted = False
+            reason = f"trained on {device_used}; promote.require_gpu allows only CUDA-trained champions"
         else:
-            device = resolve_device(params.train.device)
-            test = load_split(paths.prepared, "test")
-            loader = BatchLoader(test, params.evaluate.batch_size, device)
-            challenger_confusions = per_image_confusions(
-                load_registered(name, challenger.version, device), loader, info.num_classes, info.ignore_index)
-            if champion is None:
-                baseline_confusions = majority_confusions(paths, info, np.asarray(test.masks))
-            else:
-                baseline_confusions = per_image_confusions(
-                    load_registered(name, champion.version, device), loader, info.num_classes, info.ignore_index)
-            comparison = paired_bootstrap(challenger_confusions, baseline_confusions, settings.bootstrap_resamples,
-                                          settings.seed)
-            promoted = comparison.delta >= settings.min_delta and comparison.ci_low > 0
-            verdict = "better" if promoted else "not better"
-            reason = (f"mIoU {comparison.challenger_miou:.4f} vs {comparison.champion_miou:.4f} ({baseline}): "
-                      f"delta {comparison.delta:+.4f} (min_delta {settings.min_delta}), 95% CI "
-                      f"[{comparison.ci_low:+.4f}, {comparison.ci_high:+.4f}] -> {verdict}")
+            comparison = _compare_on_test(params, paths, info, name, challenger.version, champion)
+            promoted, reason = _verdict(comparison, settings.min_delta, baseline)
         if promoted:
-            history = _history(client, name)
-            if champion is not None and history[-1:] != [str(champion.version)]:  # a retried promotion adds it once
-                history.append(str(champion.version))
-            client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
-            client.set_registered_model_alias(name, CHAMPION, challenger.version)
+            _crown(client, name, challenger.version, champion)
         decision = PromotionDecision(
-            name, promoted, reason, str(challenger.version), device_used,
-            None if champion is None else str(champion.version), baseline, comparison, settings.min_delta,
-            settings.require_gpu, prepared_data_hash(paths), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            model=name,
+            promoted=promoted,
+            reason=reason,
+            challenger_version=str(challenger.version),
+            challenger_device=device_used,
+            champion_version=None if champion is None else str(champion.version),
+            baseline=baseline,
+            comparison=comparison,
+            min_delta=settings.min_delta,
+            require_gpu=settings.require_gpu,
+            data_hash=prepared_data_hash(paths),
+            decided_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         )
-        for key, value in {"decision": "promoted" if promoted else "kept", "reason": reason,
-                           "decided_at": decision.decided_at}.items():
-            client.set_model_version_tag(name, challenger.version, f"promotion.{key}", value)
-        io.write_json(paths.promotion_record, decision.as_dict())
+        _record(client, paths, decision)
     return decision
+
+
+def _compare_on_test(
+    params: Params, paths: ProjectPaths, info: DatasetInfo, name: str, challenger: str, champion: Any
+) -> PairedComparison:
+    """Paired bootstrap of the challenger against the champion (or the majority class) on the test split."""
+    from segpipe.training.device import resolve_device
+
+    device = resolve_device(params.train.device)
+    test = load_split(paths.prepared, "test")
+    loader = BatchLoader(test, params.evaluate.batch_size, device)
+    # challenger and champion are scored alike, in the evaluate stage's precision and inference settings
+    scoring = {
+        "mode": ComputeMode.resolve(device, params.train.precision, params.train.memory_format),
+        "inference": InferenceSettings.from_params(params.evaluate),
+    }
+    challenger_confusions = per_image_confusions(
+        load_registered(name, challenger, device), loader, info.num_classes, info.ignore_index, **scoring
+    )
+    if champion is None:
+        baseline_confusions = majority_confusions(paths, info, np.asarray(test.masks))
+    else:
+        champion_model = load_registered(name, champion.version, device)
+        baseline_confusions = per_image_confusions(
+            champion_model, loader, info.num_classes, info.ignore_index, **scoring
+        )
+    settings = params.promote
+    return paired_bootstrap(
+        challenger_confusions, baseline_confusions, settings.bootstrap_resamples, settings.seed
+    )
+
+
+def _verdict(comparison: PairedComparison, min_delta: float, baseline: str) -> tuple[bool, str]:
+    """Promote when the gain reaches ``min_delta`` and the interval's lower end is above zero."""
+    promoted = comparison.delta >= min_delta and comparison.ci_low > 0
+    verdict = "better" if promoted else "not better"
+    return promoted, (
+        f"mIoU {comparison.challenger_miou:.4f} vs {comparison.champion_miou:.4f} ({baseline}): "
+        f"delta {comparison.delta:+.4f} (min_delta {min_delta}), 95% CI "
+        f"[{comparison.ci_low:+.4f}, {comparison.ci_high:+.4f}] -> {verdict}"
+    )
+
+
+def _crown(client: Any, name: str, challenger: str, champion: Any) -> None:
+    """Point ``champion`` at ``challenger``, remembering the replaced champion for rollback."""
+    history = _history(client, name)
+    if champion is not None and history[-1:] != [str(champion.version)]:  # a retried promotion adds it once
+        history.append(str(champion.version))
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+    client.set_registered_model_alias(name, CHAMPION, challenger)
+
+
+def _record(client: Any, paths: ProjectPaths, decision: PromotionDecision) -> None:
+    """The decision as tags of the challenger version and as ``reports/promotion.json``."""
+    tags = {
+        "decision": "promoted" if decision.promoted else "kept",
+        "reason": decision.reason,
+        "decided_at": decision.decided_at,
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(decision.model, decision.challenger_version, f"promotion.{key}", value)
+    io.write_json(paths.promotion_record, decision.as_dict())
 
 
 def rollback(params: Params, paths: ProjectPaths, replacing: str | None = None) -> dict[str, str]:
@@ -240,16 +323,24 @@ def rollback(params: Params, paths: ProjectPaths, replacing: str | None = None) 
         current = _alias_or_none(client, name, CHAMPION)
         current_version = None if current is None else str(current.version)
         if replacing is not None and current_version != str(replacing):
-            return {"model": name, "action": "already_rolled_back", "champion_version": current_version,
-                    "replaced_version": str(replacing)}
+            return {
+                "model": name,
+                "action": "already_rolled_back",
+                "champion_version": current_version,
+                "replaced_version": str(replacing),
+            }
         if not history:
             raise ValueError(f"{name} has no previous champion to roll back to")
         previous = history.pop()
         client.set_registered_model_alias(name, CHAMPION, previous)
         client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
-        record = {"model": name, "action": "rollback", "champion_version": previous,
-                  "replaced_version": current_version,
-                  "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        record = {
+            "model": name,
+            "action": "rollback",
+            "champion_version": previous,
+            "replaced_version": current_version,
+            "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         client.set_model_version_tag(name, previous, "promotion.rollback_at", record["decided_at"])
         io.write_json(paths.promotion_record, record)
     return record
@@ -260,18 +351,35 @@ def list_versions(params: Params, dataset: str) -> list[dict[str, Any]]:
     client = _client(params)
     name = registered_model_name(dataset)
     aliases: dict[str, list[str]] = {}
-    for alias, version in client.get_registered_model(name).aliases.items():  # search results carry no aliases
+    for alias, version in client.get_registered_model(
+        name
+    ).aliases.items():  # search results carry no aliases
         aliases.setdefault(str(version), []).append(alias)
     rows = []
     for version in sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
         tags = version.tags
-        rows.append({
-            "version": str(version.version),
-            "aliases": ",".join(sorted(aliases.get(str(version.version), []))),
-            "architecture": tags.get("architecture", ""),
-            "test_miou": tags.get("test_miou", ""),
-            "device": tags.get("device", ""),
-            "promotion": tags.get("promotion.decision", ""),
-            "run_id": version.run_id,
-        })
+        rows.append(
+            {
+                "version": str(version.version),
+                "aliases": ",".join(sorted(aliases.get(str(version.version), []))),
+                "architecture": tags.get("architecture", ""),
+                "test_miou": tags.get("test_miou", ""),
+                "device": tags.get("device", ""),
+                "promotion": tags.get("promotion.decision", ""),
+                "run_id": version.run_id,
+                "refused": _refusal(name, str(version.version)),
+            }
+        )
     return rows
+
+
+def _refusal(name: str, version: str) -> str:
+    """Why segpipe refuses to load the version (it would need unpickling), or "" for a safe one; read from
+    its file list and MLmodel only."""
+    from segpipe.serving.logged import UnsafeModel, check_logged_model
+
+    try:
+        check_logged_model(f"models:/{name}/{version}", f"version {version} of {name}")
+    except UnsafeModel as error:
+        return str(error)
+    return ""

@@ -1,7 +1,7 @@
-"""Training on a lent GPU machine without the rest of the stack, and importing its results.
+"""Training on another machine: ``pack`` a bundle here, ``run`` it there, ``import`` its results here.
 
-``run`` trains every architecture on a CamVid pack with segpipe's own loop and writes a compact output folder
-(no MLflow, DVC or great-expectations needed); ``import_run`` validates such a folder, re-evaluates its best
-model on the CPU and logs it into MLflow and the model registry. Modules are imported on their own, so the
-GPU side never imports MLflow.
+``bundle`` writes the bundle (code, prepared data, params, wheels, bootstrap, manifest); ``run`` trains and
+tests on the host with the pipeline's own stages and needs no MLflow, DVC or great-expectations; ``importer``
+checks an output folder, re-evaluates its best model and logs and registers it in MLflow. ``manifest`` (sha256
+of every file, optional splitting into parts) serves both directions.
 """

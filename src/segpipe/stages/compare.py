@@ -1,8 +1,8 @@
-"""The compare stage: leaderboard (CSV + Markdown) and plots across all trained architectures."""
+"""The compare stage: leaderboard (CSV + Markdown) and plots across all trained architectures, from the
+metrics files alone."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,19 +12,30 @@ import pandas as pd
 from segpipe import io
 from segpipe.config import Params
 from segpipe.data.manifest import DatasetInfo, class_pixel_columns, read_manifest
+from segpipe.figures import pyplot, save_png
 from segpipe.metrics import constant_prediction_confusion, metrics_from_confusion
 from segpipe.paths import ProjectPaths
-from segpipe.figures import pyplot, save_png
-from segpipe.tracking.redact import redact_uri
+from segpipe.stages.evaluate import PER_CLASS_IOU
 
 if TYPE_CHECKING:
     from segpipe.tasks import TaskName
-    from segpipe.tracking.mlflow_tracking import RunRef
 
 REFERENCE = "majority_class"
 FAMILY_LABELS = {"builtin": "builtin", "smp": "smp baseline", "reference": "reference"}
-COLUMNS = ["rank", "architecture", "family", "test_miou", "test_dice", "test_pixel_acc", "test_mean_class_acc",
-           "params_m", "gflops", "infer_img_per_s", "train_seconds", "best_epoch", "run_id", "model_uri"]
+COLUMNS = [
+    "rank",
+    "architecture",
+    "family",
+    "test_miou",
+    "test_dice",
+    "test_pixel_acc",
+    "test_mean_class_acc",
+    "params_m",
+    "gflops",
+    "infer_img_per_s",
+    "train_seconds",
+    "best_epoch",
+]
 
 
 def majority_class_row(prepared: Path, info: DatasetInfo) -> dict[str, object]:
@@ -34,18 +45,38 @@ def majority_class_row(prepared: Path, info: DatasetInfo) -> dict[str, object]:
     majority = int(np.argmax(manifest.loc[manifest["split"] == "train", columns].sum().to_numpy()))
     test_pixels = manifest.loc[manifest["split"] == "test", columns].sum().to_numpy()
     scores = metrics_from_confusion(constant_prediction_confusion(test_pixels, majority))
-    return {"architecture": REFERENCE, "family": "reference", "test_miou": scores.miou, "test_dice": scores.dice,
-            "test_pixel_acc": scores.pixel_acc, "test_mean_class_acc": scores.mean_class_acc,
-            "test_per_class_iou": dict(zip(info.class_names, scores.per_class_iou))}
+    return {
+        "architecture": REFERENCE,
+        "family": "reference",
+        "test_miou": scores.miou,
+        "test_dice": scores.dice,
+        "test_pixel_acc": scores.pixel_acc,
+        "test_mean_class_acc": scores.mean_class_acc,
+        **{
+            f"{PER_CLASS_IOU}{name}": value
+            for name, value in zip(info.class_names, scores.per_class_iou, strict=True)
+        },
+    }
 
 
-def load_metrics(paths: ProjectPaths, architectures: list[str], task: TaskName = "segment") -> list[dict[str, object]]:
+def per_class_iou(record: dict[str, object], class_names: tuple[str, ...]) -> dict[str, float | None]:
+    """A segmenter's test IoU per class from its metrics record (None: class absent from truth and
+    prediction)."""
+    return {name: record.get(f"{PER_CLASS_IOU}{name}") for name in class_names}
+
+
+def load_metrics(
+    paths: ProjectPaths, architectures: list[str], task: TaskName = "segment"
+) -> list[dict[str, object]]:
     records = []
     stage = "evaluate" if task == "segment" else f"{task}_evaluate"
     for architecture in architectures:
         path = paths.metrics(architecture, task)
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: run the {stage} stage for {architecture} (dvc repro {stage}@{architecture})")
+            raise FileNotFoundError(
+                f"{path} is missing: run the {stage} stage for {architecture} (dvc repro "
+                f"{stage}@{architecture})"
+            )
         records.append(io.read_json(path))
     return records
 
@@ -63,42 +94,73 @@ def _number(value: object, digits: int) -> str:
 
 
 def leaderboard_markdown(
-    frame: pd.DataFrame, records: list[dict[str, object]], class_names: tuple[str, ...], dataset: str, metric: str
+    frame: pd.DataFrame,
+    records: list[dict[str, object]],
+    class_names: tuple[str, ...],
+    dataset: str,
+    metric: str,
 ) -> str:
     lines = [
         f"# Leaderboard: {dataset} (test split, sorted by {metric})",
         "",
-        "| Rank | Model | Kind | mIoU | Dice | Pixel acc | Mean class acc | Params (M) | GFLOPs/img | Inference img/s | Train s |",
+        "| Rank | Model | Kind | mIoU | Dice | Pixel acc | Mean class acc | Params (M) | GFLOPs/img | "
+        "Inference img/s | Train s |",
         "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in frame.itertuples(index=False):
         lines.append(
-            f"| {row.rank} | {row.architecture} | {FAMILY_LABELS[row.family]} | {_number(row.test_miou, 4)} | "
-            f"{_number(row.test_dice, 4)} | {_number(row.test_pixel_acc, 4)} | {_number(row.test_mean_class_acc, 4)} | "
+            f"| {row.rank} | {row.architecture} | {FAMILY_LABELS[row.family]} | "
+            f"{_number(row.test_miou, 4)} | {_number(row.test_dice, 4)} | {_number(row.test_pixel_acc, 4)} | "
+            f"{_number(row.test_mean_class_acc, 4)} | "
             f"{_number(row.params_m, 2)} | {_number(row.gflops, 3)} | {_number(row.infer_img_per_s, 1)} | "
             f"{_number(row.train_seconds, 0)} |"
         )
-    lines += ["", f"`{REFERENCE}` predicts the most frequent training class everywhere: any useful model must beat it by far.",
-              "", "## Per-class IoU (test split)", "",
-              "| Model | " + " | ".join(class_names) + " |", "|---|" + "---:|" * len(class_names)]
+    lines += [
+        "",
+        f"`{REFERENCE}` predicts the most frequent training class everywhere: any useful model must beat it "
+        "by far.",
+        "",
+        "## Per-class IoU (test split)",
+        "",
+        "| Model | " + " | ".join(class_names) + " |",
+        "|---|" + "---:|" * len(class_names),
+    ]
     by_name = {record["architecture"]: record for record in records}
     for name in frame["architecture"]:
-        per_class = by_name[name]["test_per_class_iou"]
-        lines.append(f"| {name} | " + " | ".join(_number(per_class.get(c), 3) for c in class_names) + " |")
+        per_class = per_class_iou(by_name[name], class_names)
+        lines.append(f"| {name} | " + " | ".join(_number(per_class[c], 3) for c in class_names) + " |")
     return "\n".join(lines) + "\n"
 
 
 DENOISE_REFERENCE = "corrupted_input"
-DENOISE_COLUMNS = ["rank", "architecture", "family", "corruption", "test_psnr", "test_ssim", "test_loss", "params_m",
-                   "gflops", "infer_img_per_s", "train_seconds", "best_epoch", "run_id", "model_uri"]
+DENOISE_COLUMNS = [
+    "rank",
+    "architecture",
+    "family",
+    "corruption",
+    "test_psnr",
+    "test_ssim",
+    "test_loss",
+    "params_m",
+    "gflops",
+    "infer_img_per_s",
+    "train_seconds",
+    "best_epoch",
+]
 
 
 def denoise_frame(records: list[dict[str, object]]) -> pd.DataFrame:
-    """Denoisers by test PSNR, with the corrupted input itself (what a denoiser must improve on) as a reference row."""
+    """Denoisers by test PSNR, with the corrupted input itself (what a denoiser must improve on) as a
+    reference row."""
     if not records:
         return pd.DataFrame(columns=DENOISE_COLUMNS)
-    reference = {"architecture": DENOISE_REFERENCE, "family": "reference", "corruption": records[0]["corruption"],
-                 "test_psnr": records[0]["input_psnr"], "test_ssim": records[0]["input_ssim"]}
+    reference = {
+        "architecture": DENOISE_REFERENCE,
+        "family": "reference",
+        "corruption": records[0]["corruption"],
+        "test_psnr": records[0]["input_psnr"],
+        "test_ssim": records[0]["input_ssim"],
+    }
     frame = pd.DataFrame([*records, reference]).reindex(columns=DENOISE_COLUMNS[1:])
     frame = frame.sort_values("test_psnr", ascending=False, kind="stable").reset_index(drop=True)
     frame.insert(0, "rank", range(1, len(frame) + 1))
@@ -107,19 +169,24 @@ def denoise_frame(records: list[dict[str, object]]) -> pd.DataFrame:
 
 def denoise_markdown(frame: pd.DataFrame) -> str:
     lines = [
-        f"## Denoising (task: denoise; test split corrupted with {frame['corruption'].iloc[0]}, sorted by PSNR)",
+        f"## Denoising (task: denoise; test split corrupted with {frame['corruption'].iloc[0]}, "
+        "sorted by PSNR)",
         "",
         "| Rank | Model | Kind | PSNR (dB) | SSIM | Params (M) | GFLOPs/img | Inference img/s | Train s |",
         "|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in frame.itertuples(index=False):
         lines.append(
-            f"| {row.rank} | {row.architecture} | {FAMILY_LABELS[row.family]} | {_number(row.test_psnr, 2)} | "
-            f"{_number(row.test_ssim, 4)} | {_number(row.params_m, 2)} | {_number(row.gflops, 3)} | "
-            f"{_number(row.infer_img_per_s, 1)} | {_number(row.train_seconds, 0)} |"
+            f"| {row.rank} | {row.architecture} | {FAMILY_LABELS[row.family]} | "
+            f"{_number(row.test_psnr, 2)} | {_number(row.test_ssim, 4)} | {_number(row.params_m, 2)} | "
+            f"{_number(row.gflops, 3)} | {_number(row.infer_img_per_s, 1)} | "
+            f"{_number(row.train_seconds, 0)} |"
         )
-    lines += ["", f"`{DENOISE_REFERENCE}` scores the corrupted test images themselves: a denoiser must beat it. "
-              "Examples (corrupted | output | clean): `reports/plots/denoise/<model>.png`."]
+    lines += [
+        "",
+        f"`{DENOISE_REFERENCE}` scores the corrupted test images themselves: a denoiser must beat it. "
+        "Examples (corrupted | output | clean): `reports/plots/denoise/<model>.png`.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -133,7 +200,10 @@ def plot_leaderboard(frame: pd.DataFrame, metric: str, target: Path) -> None:
         axis.text(value, y, f" {value:.3f}", va="center")
     axis.set_xlim(0, 1.08)
     axis.set_xlabel(metric)
-    axis.set_title("segpipe leaderboard (blue: builtin architectures, orange: smp baselines, grey: reference)", fontsize=9)
+    axis.set_title(
+        "segpipe leaderboard (blue: builtin architectures, orange: smp baselines, grey: reference)",
+        fontsize=9,
+    )
     save_png(figure, target)
 
 
@@ -143,7 +213,7 @@ def plot_per_class_iou(records: list[dict[str, object]], class_names: tuple[str,
     positions = np.arange(len(class_names))
     figure, axis = plt.subplots(figsize=(max(7, 1.2 * len(class_names)), 4))
     for offset, record in enumerate(records):
-        values = [record["test_per_class_iou"].get(name) or 0.0 for name in class_names]
+        values = [value or 0.0 for value in per_class_iou(record, class_names).values()]
         axis.bar(positions + offset * width, values, width, label=record["architecture"])
     axis.set_xticks(positions + width * (len(records) - 1) / 2, class_names, rotation=20)
     axis.set_ylabel("test IoU")
@@ -154,24 +224,27 @@ def plot_per_class_iou(records: list[dict[str, object]], class_names: tuple[str,
 
 
 def run_compare(params: Params, paths: ProjectPaths) -> pd.DataFrame:
-    """Write ``reports/leaderboard.{csv,md}``, ``reports/leaderboard_denoise.csv`` and the plots."""
+    """Write ``reports/leaderboard.{csv,md,json}``, ``reports/leaderboard_denoise.csv`` and the plots (no
+    MLflow: the track stage publishes them)."""
     info = DatasetInfo.load(paths.prepared)
     metric = params.compare.metric
     records = load_metrics(paths, params.train.architectures)
     denoise_records = load_metrics(paths, params.denoise.architectures, "denoise")
-    runs = _tracked_runs(params, info.name, records + denoise_records) if params.tracking.enabled else {}
-    for record in records + denoise_records:
-        run = runs.get(str(record.get("run_key")))
-        record["run_id"], record["model_uri"] = (run.run_id, run.model_uri) if run else (None, None)
     everything = [*records, majority_class_row(paths.prepared, info)]
     frame = leaderboard_frame(everything, metric)
     io.write_text(paths.leaderboard_csv, frame.to_csv(index=False, float_format="%.6g"))
     models = frame[frame["family"] != "reference"]
-    io.write_json(paths.leaderboard_summary, {
-        "best_architecture": str(models["architecture"].iloc[0]) if len(models) else None,
-        f"best_{metric}": float(models[metric].iloc[0]) if len(models) else None,
-        metric: {str(name): float(value) for name, value in zip(models["architecture"], models[metric])},
-    })
+    io.write_json(
+        paths.leaderboard_summary,
+        {
+            "best_architecture": str(models["architecture"].iloc[0]) if len(models) else None,
+            f"best_{metric}": float(models[metric].iloc[0]) if len(models) else None,
+            metric: {
+                str(name): float(value)
+                for name, value in zip(models["architecture"], models[metric], strict=True)
+            },
+        },
+    )
     markdown = leaderboard_markdown(frame, everything, info.class_names, info.name, metric)
     denoisers = denoise_frame(denoise_records)
     io.write_text(paths.denoise_leaderboard_csv, denoisers.to_csv(index=False, float_format="%.6g"))
@@ -180,78 +253,4 @@ def run_compare(params: Params, paths: ProjectPaths) -> pd.DataFrame:
     io.write_text(paths.leaderboard_md, markdown)
     plot_leaderboard(frame, metric, paths.plots / "leaderboard.png")
     plot_per_class_iou(records, info.class_names, paths.plots / "per_class_iou.png")
-    if params.tracking.enabled:
-        _log_test_results(params, paths, records, denoise_records)
-        parents = {run.parent_run_id for run in runs.values()} - {None}
-        _summarise_in_parent_runs(params, paths, frame, metric, parents)
     return frame
-
-
-def _tracked_runs(params: Params, dataset: str, records: list[dict[str, object]]) -> dict[str, RunRef]:
-    """Send what training runs spooled (deferred tracking: MLflow starts here, once), then find each model's
-    run by the key its metrics record carries."""
-    from segpipe.tracking.mlflow_tracking import find_runs, sync_spools, tracking_uri
-
-    sent = sync_spools(params.tracking)
-    if sent:
-        print(f"compare: sent {len(sent)} spooled training run(s) to MLflow")
-    keys = [str(record["run_key"]) for record in records if record.get("run_key")]
-    runs = find_runs(params.tracking, dataset, keys)
-    missing = [f"{record['architecture']} ({record.get('task', 'segment')})" for record in records
-               if record.get("run_key") and record["run_key"] not in runs]
-    untracked = [f"{record['architecture']} ({record.get('task', 'segment')})" for record in records
-                 if not record.get("run_key")]
-    if missing or untracked:
-        print(f"compare: no MLflow run in {redact_uri(tracking_uri(params.tracking))} for "
-              f"{', '.join(missing + untracked)}: their leaderboard rows have no run_id / model_uri. Re-train them "
-              f"with tracking on and this MLFLOW_TRACKING_URI (dvc repro -f train@<architecture>)", file=sys.stderr)
-    return runs
-
-
-def _log_test_results(params: Params, paths: ProjectPaths, segmenters: list[dict[str, object]],
-                      denoisers: list[dict[str, object]]) -> None:
-    """Each model's test metrics and figures go to the MLflow run that trained it: done here, in one process,
-    rather than in every evaluate stage (each would pay ~2 s of MLflow start-up: measured)."""
-    import shutil
-    import tempfile
-
-    from segpipe.figures import confusion_matrix_png, per_class_iou_png
-    from segpipe.tracking.mlflow_tracking import resume_run
-
-    for record in segmenters + denoisers:
-        if not record.get("run_id"):
-            continue
-        architecture, task = str(record["architecture"]), record.get("task", "segment")
-        tracker = resume_run(params.tracking, str(record["run_id"]), architecture)
-        metrics = {key: value for key, value in record.items()
-                   if key.startswith(("test_", "input_")) and isinstance(value, float)}
-        if task == "segment":
-            metrics.update({f"test_iou_{name}": value for name, value in record["test_per_class_iou"].items()
-                            if value is not None})
-        tracker.log_metrics({**metrics, "infer_img_per_s": float(record["infer_img_per_s"])})
-        tracker.log_artifact(str(paths.metrics(architecture, task)))
-        if task != "segment":
-            tracker.log_artifact(str(paths.denoise_examples(architecture)))
-            continue
-        with tempfile.TemporaryDirectory() as scratch:
-            figures = Path(scratch)
-            shutil.copyfile(paths.prediction_grid(architecture), figures / "predictions.png")
-            title = f"{architecture}: test mIoU {record['test_miou']:.3f}"
-            confusion_matrix_png(np.asarray(record["confusion_matrix"]), tuple(record["test_per_class_iou"]),
-                                 figures / "confusion_matrix.png", title)
-            per_class_iou_png(record["test_per_class_iou"], figures / "per_class_iou.png", title)
-            for figure in sorted(figures.iterdir()):
-                tracker.log_artifact(str(figure))
-
-
-def _summarise_in_parent_runs(params: Params, paths: ProjectPaths, frame: pd.DataFrame, metric: str,
-                              parents: set[str]) -> None:
-    """The pipeline's parent run(s) get the leaderboard, the best score and each model's score; then FINISHED."""
-    from segpipe.tracking.mlflow_tracking import finish_parent
-
-    models = frame[frame["family"] != "reference"]
-    scores = {f"best_{metric}": float(models[metric].max()),
-              **{f"{metric}.{name}": float(value) for name, value in zip(models["architecture"], models[metric])}}
-    artifacts = [paths.leaderboard_md, paths.leaderboard_csv, paths.plots / "leaderboard.png", paths.plots / "per_class_iou.png"]
-    for parent in sorted(parents):
-        finish_parent(params.tracking, parent, scores, artifacts)

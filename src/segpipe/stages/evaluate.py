@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import statistics
-import time
+import csv
+import io as io_text
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,8 @@ from segpipe.data.cache import load_split
 from segpipe.data.loader import BatchLoader
 from segpipe.data.manifest import DatasetInfo
 from segpipe.figures import prediction_grid_png
-from segpipe.metrics import metrics_from_confusion
+from segpipe.inference import InferenceSettings
+from segpipe.metrics import SegmentationMetrics, metrics_from_confusion
 from segpipe.models import count_params_m
 from segpipe.models.profile import gflops_per_image
 from segpipe.models.zoo import architecture_family
@@ -26,24 +27,11 @@ from segpipe.tasks import TaskName
 from segpipe.tasks.denoise import Corruption, evaluation_generator, reconstruction_scores
 from segpipe.tasks.segment import evaluate_split
 from segpipe.training.checkpoint import CheckpointMeta, load_checkpoint
-from segpipe.training.device import describe_device, resolve_device
+from segpipe.training.device import ComputeMode, describe_device, resolve_device
+from segpipe.training.throughput import inference_images_per_second
 
-
-@torch.inference_mode()
-def inference_images_per_second(model: nn.Module, images: torch.Tensor, runs: int) -> float:
-    """Median throughput of ``model`` on one batch over ``runs`` timed passes after a warm-up pass."""
-    model.eval()
-    model(images)
-    timings = []
-    for _ in range(runs):
-        if images.device.type == "cuda":
-            torch.cuda.synchronize(images.device)
-        start = time.perf_counter()
-        model(images)
-        if images.device.type == "cuda":
-            torch.cuda.synchronize(images.device)
-        timings.append(time.perf_counter() - start)
-    return len(images) / statistics.median(timings)
+PER_CLASS_IOU = "test_iou_"
+"""Prefix of the per-class test IoU keys of a segmenter's metrics record: ``test_iou_<class name>``."""
 
 
 @dataclass
@@ -55,46 +43,88 @@ class TrainedModel:
     run: dict[str, object]
     info: DatasetInfo
     device: torch.device
+    mode: ComputeMode
+    """Precision and memory format evaluation runs in (``train.precision`` / ``train.memory_format``)."""
 
 
 def load_trained(params: Params, paths: ProjectPaths, architecture: str, task: TaskName) -> TrainedModel:
     """Checkpoint and run record, checked against the prepared data before any work."""
     device = resolve_device(params.train.device)
     model, meta = load_checkpoint(paths.checkpoint(architecture, task), device)
+    mode = ComputeMode.resolve(device, params.train.precision, params.train.memory_format)
+    mode.prepare(model)
     run = io.read_json(paths.run_record(architecture, task))
     info = DatasetInfo.load(paths.prepared)
     if meta.class_names != info.class_names or meta.image_size != info.image_size:
         raise ValueError(
             f"{paths.checkpoint(architecture, task)} was trained on classes {list(meta.class_names)} at "
-            f"{list(meta.image_size)} but the prepared data has {list(info.class_names)} at {list(info.image_size)}: "
+            f"{list(meta.image_size)} but the prepared data has {list(info.class_names)} at "
+            f"{list(info.image_size)}: "
             f"re-run the train stage for {architecture}"
         )
-    return TrainedModel(model, meta, run, info, device)
+    return TrainedModel(model, meta, run, info, device, mode)
 
 
-def _model_figures(params: Params, trained: TrainedModel, speed_batch: torch.Tensor, paths: ProjectPaths,
-                   architecture: str, task: TaskName) -> dict[str, object]:
+def _model_figures(
+    params: Params,
+    trained: TrainedModel,
+    speed_batch: torch.Tensor,
+    paths: ProjectPaths,
+    architecture: str,
+    task: TaskName,
+) -> dict[str, object]:
     """Size, cost, speed and provenance fields shared by every task's metrics record."""
     history = io.read_json(paths.history(architecture, task))
+    mode = trained.mode
     return {
         "params_m": round(count_params_m(trained.model), 4),
         "gflops": round(gflops_per_image(trained.model, *trained.info.image_size), 4),
-        "infer_img_per_s": round(inference_images_per_second(trained.model, speed_batch, params.evaluate.speed_runs), 2),
+        "infer_img_per_s": round(
+            inference_images_per_second(
+                trained.model, speed_batch, params.evaluate.speed_runs, mode.precision, mode.channels_last
+            ),
+            2,
+        ),
         "best_epoch": trained.meta.epoch,
         f"best_{trained.meta.monitor}": trained.meta.score,
         "train_seconds": round(float(history["train_seconds"]), 1),
         "device": describe_device(trained.device),
-        "run_key": trained.run.get("run_key"),  # the compare stage finds the MLflow run by it
+        "precision": mode.precision,
+        "memory_format": mode.memory_format,
+        "train_precision": history.get("precision", "fp32"),
+        "run_key": trained.run.get("run_key"),  # the track stage finds the MLflow run by it
     }
 
 
+def scalar_scores(scores: SegmentationMetrics, class_names: tuple[str, ...]) -> dict[str, float | None]:
+    """Test scores as scalars (a DVC metrics file holds no lists): the means, and ``test_iou_<class>`` per
+    class (None for a class absent from both truth and prediction)."""
+    flat = scores.as_dict("test_", class_names)
+    per_class = flat.pop("test_per_class_iou")
+    return {**flat, **{f"{PER_CLASS_IOU}{name}": value for name, value in per_class.items()}}
+
+
+def confusion_csv(matrix: np.ndarray, class_names: tuple[str, ...]) -> str:
+    """The confusion matrix as CSV: one row per true class, one column per predicted class, both named."""
+    text = io_text.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["truth", *class_names])
+    writer.writerows([name, *row] for name, row in zip(class_names, matrix.tolist(), strict=True))
+    return text.getvalue()
+
+
 def run_evaluate(params: Params, architecture: str, paths: ProjectPaths) -> dict[str, object]:
-    """Write ``reports/metrics/<architecture>.json`` and ``reports/plots/predictions/<architecture>.png``
-    (the compare stage adds both, with more figures, to the training's MLflow run)."""
+    """Write ``reports/metrics/<architecture>.json`` (scalars), ``reports/confusion/<architecture>.csv`` and
+    ``reports/plots/predictions/<architecture>.png`` (the track stage adds them to the training's MLflow
+    run)."""
     trained = load_trained(params, paths, architecture, "segment")
     info = trained.info
     loader = BatchLoader(load_split(paths.prepared, "test"), params.evaluate.batch_size, trained.device)
-    test_loss, matrix = evaluate_split(trained.model, loader, info.num_classes, info.ignore_index)
+    inference = InferenceSettings.from_params(params.evaluate)
+    with trained.mode.autocast():
+        test_loss, matrix = evaluate_split(
+            trained.model, loader, info.num_classes, info.ignore_index, inference
+        )
     scores = metrics_from_confusion(matrix)
     first_images, first_masks = next(iter(loader))
     record: dict[str, object] = {
@@ -102,14 +132,21 @@ def run_evaluate(params: Params, architecture: str, paths: ProjectPaths) -> dict
         "task": "segment",
         "family": architecture_family(architecture),
         "dataset": info.name,
-        **scores.as_dict("test_", info.class_names),
+        **scalar_scores(scores, info.class_names),
         "test_loss": test_loss,
+        "inference": inference.describe(),
         **_model_figures(params, trained, first_images, paths, architecture, "segment"),
-        "confusion_matrix": matrix.tolist(),
     }
     io.write_json(paths.metrics(architecture), record)
-    prediction_grid_png(trained.model, first_images[:6], first_masks[:6], info.num_classes, info.ignore_index,
-                        paths.prediction_grid(architecture))
+    io.write_text(paths.confusion_matrix(architecture), confusion_csv(matrix, info.class_names))
+    prediction_grid_png(
+        trained.model,
+        first_images[:6],
+        first_masks[:6],
+        info.num_classes,
+        info.ignore_index,
+        paths.prediction_grid(architecture),
+    )
     return record
 
 
@@ -121,7 +158,9 @@ def _to_uint8_rows(*columns: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def save_denoise_examples(model: nn.Module, images: torch.Tensor, corruption: Corruption, target: Path) -> None:
+def save_denoise_examples(
+    model: nn.Module, images: torch.Tensor, corruption: Corruption, target: Path
+) -> None:
     """PNG grid, one sample per row: corrupted input | model output | clean image (2× enlarged)."""
     from PIL import Image
 
@@ -137,7 +176,8 @@ def run_evaluate_denoise(params: Params, architecture: str, paths: ProjectPaths)
     trained = load_trained(params, paths, architecture, "denoise")
     loader = BatchLoader(load_split(paths.prepared, "test"), params.evaluate.batch_size, trained.device)
     corruption = Corruption.from_params(params.denoise)
-    scores = reconstruction_scores(trained.model, loader, corruption, params.denoise.loss)
+    with trained.mode.autocast():
+        scores = reconstruction_scores(trained.model, loader, corruption, params.denoise.loss)
     reference = reconstruction_scores(None, loader, corruption, params.denoise.loss)
     first_batch = next(iter(loader))[0]
     record: dict[str, object] = {

@@ -1,43 +1,50 @@
-"""The train stage: one architecture and task, trained on the cached train split, tracked as one MLflow run."""
+"""The train stage: one architecture and task, trained on the cached train split, tracked as one MLflow run.
+
+:func:`run_train` builds everything from params (model, task, loaders, augmenters, state store, tracking)
+and hands it to :class:`~segpipe.training.trainer.Trainer`."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from segpipe import io
-from segpipe.config import Params
+from segpipe.config import ConfigError, Params
 from segpipe.data.cache import load_split
 from segpipe.data.device_augment import DeviceAugmenter
 from segpipe.data.loader import BatchLoader
 from segpipe.data.manifest import DatasetInfo, data_version
+from segpipe.data.validation import require_passed
 from segpipe.models import build_model, build_reconstruction_model, count_params_m
 from segpipe.models.zoo import architecture_family
 from segpipe.paths import ProjectPaths
 from segpipe.tasks import Task, TaskName
 from segpipe.tasks.denoise import Corruption, DenoiseTask
+from segpipe.tasks.losses import segmentation_loss
 from segpipe.tasks.segment import SegmentTask
 from segpipe.training import distributed
-from segpipe.training.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from segpipe.training.distributed import DistributedContext
+from segpipe.training.checkpoint import CheckpointMeta, save_checkpoint
+from segpipe.training.curves import write_curves
 from segpipe.training.device import (
+    ComputeMode,
     configure_backends,
     describe_device,
-    resolve_channels_last,
     resolve_device,
-    resolve_precision,
     seed_everything,
 )
-from segpipe.training.loop import EpochRecord, LoopSettings, TrainResult, fit
-from segpipe.training.state import StateStore
+from segpipe.training.distributed import DistributedContext
+from segpipe.training.state import SavedState, StateStore
 from segpipe.training.tracker import NullTracker, Tracker
-from segpipe.data.validation import require_passed
+from segpipe.training.trainer import EpochRecord, Trainer, TrainerSettings, TrainResult
 
 IMAGE_CHANNELS = 3  # the prepared cache holds RGB images
 
@@ -57,9 +64,9 @@ def check_image_size(architecture: str, output_stride: int, image_size: tuple[in
 def _tracking(
     params: Params, dataset: str, run_label: str, tags: dict[str, str], config_digest: str, run_key: str
 ) -> Iterator[Tracker]:
-    """Run ``run_key`` (a new one, or the interrupted run being resumed), nested under this pipeline execution's
-    parent run: logged live, or spooled for the compare stage to send (``tracking.live``); a no-op tracker when
-    tracking is off."""
+    """Run ``run_key`` (a new one, or the interrupted run being resumed), nested under this pipeline
+    execution's parent run: logged live, or spooled for the compare stage to send (``tracking.live``); a no-op
+    tracker when tracking is off."""
     if not params.tracking.enabled:
         yield NullTracker()
         return
@@ -78,10 +85,37 @@ def _tracking(
         yield tracker
 
 
-def make_task(params: Params, task: TaskName, info: DatasetInfo, device: torch.device, rank: int = 0) -> Task:
-    """The task object the loop trains with, from params and the prepared dataset."""
+def resolve_class_weights(params: Params, info: DatasetInfo, paths: ProjectPaths) -> list[float] | None:
+    """``train.loss.class_weights`` as one weight per class (None: unweighted), checked against the prepared
+    dataset's classes; frequency schemes are computed from the training split's pixel counts."""
+    setting = params.train.loss.class_weights
+    if setting == "none":
+        return None
+    if isinstance(setting, str):
+        from segpipe.tasks.class_weights import class_weights_for  # pandas only where it is used
+
+        return class_weights_for(setting, paths.prepared, info.num_classes)
+    if len(setting) != info.num_classes:
+        raise ConfigError(
+            f"params.yaml: train.loss.class_weights lists {len(setting)} weight(s) but the prepared dataset "
+            f"has {info.num_classes} classes {list(info.class_names)}; give one weight per class, in order"
+        )
+    return list(setting)
+
+
+def make_task(
+    params: Params,
+    task: TaskName,
+    info: DatasetInfo,
+    device: torch.device,
+    rank: int = 0,
+    class_weights: list[float] | None = None,
+) -> Task:
+    """The task object the trainer trains with, from params and the prepared dataset."""
     if task == "segment":
-        return SegmentTask(info.num_classes, info.ignore_index)
+        loss = params.train.loss
+        criterion = segmentation_loss(loss.terms, loss.term_weights, info.ignore_index, class_weights)
+        return SegmentTask(info.num_classes, info.ignore_index, criterion=criterion.to(device))
     settings = params.denoise
     generator = torch.Generator(device=device).manual_seed(params.train.seed + rank)  # own noise per rank
     return DenoiseTask(Corruption.from_params(settings), settings.loss, generator)
@@ -99,40 +133,118 @@ def run_name(architecture: str, task: TaskName) -> str:
 def run_train(
     params: Params, architecture: str, paths: ProjectPaths, progress: bool = True, task: TaskName = "segment"
 ) -> TrainResult:
-    """Train ``architecture`` for ``task``; write ``checkpoint``, ``history.json`` and ``run.json`` to its model dir.
+    """Train ``architecture`` for ``task``; write ``checkpoint``, ``history.json`` and ``run.json`` to its
+    model dir and the per-epoch curves to ``paths.curves``.
 
-    Under ``torchrun`` every rank runs this (data-parallel, ``train.batch_size`` per rank); the main rank alone
-    writes files and tracks the run."""
+    Under ``torchrun`` every rank runs this (data-parallel, ``train.batch_size`` per rank); the main rank
+    alone writes files and tracks the run. With ``tracking.enabled: false`` nothing of MLflow is imported."""
     listed = _listed_architectures(params, task)
     if architecture not in listed:
         section = "train" if task == "segment" else task
         raise ValueError(f"{architecture!r} is not in {section}.architectures {listed}")
     require_passed(paths.validation_summary)
     with distributed.session(resolve_device(params.train.device)) as context:
-        return _train(params, architecture, paths, progress, task, context)
+        job = _prepare_job(params, architecture, paths, task, context)
+        return _train(job, progress)
 
 
-def _train(params: Params, architecture: str, paths: ProjectPaths, progress: bool, task: TaskName,
-           context: DistributedContext) -> TrainResult:
+@dataclass(frozen=True)
+class TrainJob:
+    """One architecture and task to train on this rank, and what its parts are built from."""
+
+    params: Params
+    architecture: str
+    task: TaskName
+    paths: ProjectPaths
+    info: DatasetInfo
+    device: torch.device
+    context: DistributedContext
+    class_weights: list[float] | None
+    """Per-class loss weights of a segmenter (None: unweighted, and for every denoiser)."""
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.params.train.model_options(self.architecture)
+
+    @property
+    def epochs(self) -> int:
+        return self.params.train.epochs if self.task == "segment" else self.params.denoise.epochs
+
+    @property
+    def label(self) -> str:
+        return run_name(self.architecture, self.task)
+
+    @property
+    def mode(self) -> ComputeMode:
+        """Precision and memory format: ``train.precision`` / ``train.memory_format`` on this device."""
+        return ComputeMode.resolve(self.device, self.params.train.precision, self.params.train.memory_format)
+
+
+def _prepare_job(
+    params: Params, architecture: str, paths: ProjectPaths, task: TaskName, context: DistributedContext
+) -> TrainJob:
+    """Seed every generator and set the backends for this rank's device."""
     info = DatasetInfo.load(paths.prepared)
-    settings = params.train
-    seed_everything(settings.seed)
-    device = context.local_device(resolve_device(settings.device))
-    configure_backends(device, settings.deterministic)
-    options = settings.model_options(architecture)
-    if task == "segment":
-        model: nn.Module = build_model(architecture, info.num_classes, options=options)
-        out_channels = info.num_classes
-    else:
-        model = build_reconstruction_model(architecture, IMAGE_CHANNELS, options)
-        out_channels = IMAGE_CHANNELS
-    model = model.to(device)
-    check_image_size(architecture, model.output_stride, info.image_size)
-    channels_last = resolve_channels_last(settings.memory_format, device)
-    replica = distributed.wrap_model(model, context, settings.sync_batchnorm, channels_last)
-    objective = make_task(params, task, info, device, context.rank)
-    epochs = settings.epochs if task == "segment" else params.denoise.epochs
+    class_weights = resolve_class_weights(params, info, paths) if task == "segment" else None
+    seed_everything(params.train.seed)
+    device = context.local_device(resolve_device(params.train.device))
+    configure_backends(device, params.train.deterministic)
+    return TrainJob(params, architecture, task, paths, info, device, context, class_weights)
 
+
+def _train(job: TrainJob, progress: bool) -> TrainResult:
+    """Build the parts in a fixed order (the model's initial weights draw from the seeded generator), train,
+    and record the outcome on the main rank."""
+    model = _build_model(job)
+    replica = distributed.wrap_model(
+        model, job.context, job.params.train.sync_batchnorm, job.mode.channels_last
+    )
+    objective = make_task(job.params, job.task, job.info, job.device, job.context.rank, job.class_weights)
+    train_loader, val_loader = _loaders(job)
+    data_hash = data_version(job.paths.prepared, job.paths.root / "dvc.lock")
+    config_digest = hashlib.sha256(f"{data_hash}:{job.params.model_dump_json()}".encode()).hexdigest()
+    states, resume = _resume_point(job, config_digest)
+    run_key = (resume.run_key if resume else None) or uuid.uuid4().hex
+    with _job_tracking(job, data_hash, config_digest, run_key) as tracker:
+        tracker.log_params(_run_params(job, model))
+        if job.class_weights is not None and job.context.is_main and progress:
+            print(f"{job.label}: class weights ({_class_weighting(job)}) {_weights_text(job.class_weights)}")
+        trainer = Trainer(
+            objective,
+            _trainer_settings(job, progress),
+            tracker,
+            on_best=BestCheckpoint(job, model_channels(job), objective.monitor),
+            on_epoch_end=functools.partial(write_curves, job.paths.curves(job.architecture, job.task)),
+            states=states,
+            context=job.context,
+        )
+        result = trainer.fit(replica, train_loader, val_loader, resume)
+        if not job.context.is_main:
+            return result
+        _log_outcome(job, tracker, result, val_loader)
+    _write_records(job, tracker, result)
+    states.clear()  # finished: nothing left to resume
+    return result
+
+
+def model_channels(job: TrainJob) -> int:
+    """The model's output channels: one logit per class, or the image's channels for a reconstruction."""
+    return job.info.num_classes if job.task == "segment" else IMAGE_CHANNELS
+
+
+def _build_model(job: TrainJob) -> nn.Module:
+    if job.task == "segment":
+        model = build_model(job.architecture, job.info.num_classes, options=job.options)
+    else:
+        model = build_reconstruction_model(job.architecture, IMAGE_CHANNELS, job.options)
+    model = model.to(job.device)
+    check_image_size(job.architecture, model.output_stride, job.info.image_size)
+    return model
+
+
+def _loaders(job: TrainJob) -> tuple[BatchLoader, BatchLoader]:
+    """The train loader (shuffled, flipped, augmented, this rank's shard of each batch) and the val loader."""
+    settings, info, device, context = job.params.train, job.info, job.device, job.context
     augmenter = None
     if settings.augment.needs_library:
         from segpipe.data.augment import SampleAugmenter  # albumentations only where it is used
@@ -141,68 +253,192 @@ def _train(params: Params, architecture: str, paths: ProjectPaths, progress: boo
     device_augmenter = None
     if settings.augment.on_device and settings.augment.needs_transforms:
         device_augmenter = DeviceAugmenter(settings.augment, info.ignore_index, settings.seed, device)
-    train_loader = BatchLoader(
-        load_split(paths.prepared, "train"), settings.batch_size, device, shuffle=True,
-        hflip=settings.augment.hflip, vflip=settings.augment.vflip, seed=settings.seed, drop_last=True,
-        augmenter=augmenter, device_augmenter=device_augmenter, rank=context.rank, world_size=context.world_size,
+    train = BatchLoader(
+        load_split(job.paths.prepared, "train"),
+        settings.batch_size,
+        device,
+        shuffle=True,
+        hflip=settings.augment.hflip,
+        vflip=settings.augment.vflip,
+        seed=settings.seed,
+        drop_last=True,
+        augmenter=augmenter,
+        device_augmenter=device_augmenter,
+        rank=context.rank,
+        world_size=context.world_size,
     )
-    val_loader = BatchLoader(load_split(paths.prepared, "val"), settings.batch_size, device)
-    checkpoint_path = paths.checkpoint(architecture, task)
-    family = architecture_family(architecture)
-    data_hash = data_version(paths.prepared, paths.root / "dvc.lock")
-    tags = {"architecture": architecture, "family": family, "task": task, "dataset": info.name,
-            "data_hash": data_hash, "device": describe_device(device), "torch_version": torch.__version__}
+    return train, BatchLoader(load_split(job.paths.prepared, "val"), settings.batch_size, device)
 
-    def on_best(best_model: nn.Module, record: EpochRecord) -> None:
-        meta = CheckpointMeta(architecture, options, out_channels, info.class_names, info.image_size,
-                              record.epoch, objective.monitor, record.validation[objective.monitor], task)
-        save_checkpoint(checkpoint_path, best_model, meta)
 
-    task_params: dict[str, object] = {}
-    if task == "denoise":
-        task_params = {"corruption": params.denoise.corruption, "corruption_level": params.denoise.level,
-                       "loss": params.denoise.loss}
-    label = run_name(architecture, task)
-    config_digest = hashlib.sha256(f"{data_hash}:{params.model_dump_json()}".encode()).hexdigest()
-    states = StateStore(paths.training_states(architecture, task), f"{config_digest}:{architecture}:{task}")
-    if settings.resume == "never" and context.is_main:
+def _resume_point(job: TrainJob, config_digest: str) -> tuple[StateStore, SavedState | None]:
+    """This configuration's state store and the state to resume from (None: start afresh), the main rank's on
+    every rank: other nodes need not share its disk."""
+    folder = job.paths.training_states(job.architecture, job.task)
+    # the resolved precision too: a state saved in bf16 must not resume as fp32 on a machine of the other kind
+    states = StateStore(folder, f"{config_digest}:{job.architecture}:{job.task}:{job.mode.precision}")
+    if job.params.train.resume == "never" and job.context.is_main:
         states.clear()
-    # the main rank's state on every rank: other nodes need not share its disk
-    resume = distributed.broadcast_from_main(states.latest() if context.is_main else None, context)
-    run_key = (resume.run_key if resume else None) or uuid.uuid4().hex
-    tracking = (_tracking(params, info.name, label, tags, config_digest, run_key) if context.is_main
-                else contextlib.nullcontext(NullTracker()))
-    with tracking as tracker:
-        tracker.log_params({
-            "arch": architecture, "family": family, "task": task, "dataset": info.name, "epochs": epochs,
-            "upsample": options.get("upsample", "n/a"),
-            "batch_size": settings.batch_size, "lr": settings.lr, "weight_decay": settings.weight_decay,
-            "seed": settings.seed, "image_size": "x".join(map(str, info.image_size)),
-            "params_m": round(count_params_m(model), 4), **task_params,
-            **{f"model.{key}": value for key, value in options.items()},
-        })
-        loop = LoopSettings(
-            epochs, settings.lr, settings.weight_decay, progress=progress, label=label,
-            precision=resolve_precision(settings.precision, device),
-            channels_last=channels_last,
-            compile=settings.compile, checkpoint_every_steps=settings.checkpoint_every_steps,
-        )
-        result = fit(replica, train_loader, val_loader, objective, loop, tracker, on_best, states, resume, context)
-        if not context.is_main:
-            return result
-        tracker.log_metrics({f"best_{result.monitor}": result.best_score, "best_epoch": result.best_epoch,
-                             "train_seconds": result.seconds})
-        best_model, _ = load_checkpoint(checkpoint_path, device)
-        tracker.log_model(best_model, val_loader.images[:1].float().div(255).cpu().numpy())
-    record = {"architecture": architecture, "task": task, "run_key": tracker.run_key,
-              "tracking": "off" if tracker.run_key is None else "live" if params.tracking.live else "deferred"}
+    resume = distributed.broadcast_from_main(states.latest() if job.context.is_main else None, job.context)
+    return states, resume
 
-    io.write_json(paths.history(architecture, task), {
-        "architecture": architecture, "task": task, "monitor": result.monitor, "best_epoch": result.best_epoch,
-        f"best_{result.monitor}": result.best_score, "train_seconds": result.seconds,
-        "device": describe_device(device),
-        "epochs": [dataclasses.asdict(r) for r in result.history],
-    })
-    io.write_json(paths.run_record(architecture, task), record)
-    states.clear()  # finished: nothing left to resume
-    return result
+
+def _job_tracking(
+    job: TrainJob, data_hash: str, config_digest: str, run_key: str
+) -> contextlib.AbstractContextManager[Tracker]:
+    """The main rank's tracking run; a no-op tracker on every other rank."""
+    if not job.context.is_main:
+        return contextlib.nullcontext(NullTracker())
+    tags = {
+        "architecture": job.architecture,
+        "family": architecture_family(job.architecture),
+        "task": job.task,
+        "dataset": job.info.name,
+        "data_hash": data_hash,
+        "device": describe_device(job.device),
+        "torch_version": torch.__version__,
+        **job.mode.record(),
+    }
+    return _tracking(job.params, job.info.name, job.label, tags, config_digest, run_key)
+
+
+def _weights_text(weights: list[float]) -> str:
+    return "[" + ", ".join(f"{weight:.4g}" for weight in weights) + "]"
+
+
+def _class_weighting(job: TrainJob) -> str:
+    setting = job.params.train.loss.class_weights
+    return setting if isinstance(setting, str) else "listed"
+
+
+def loss_record(job: TrainJob) -> dict[str, object]:
+    """The loss a job trains with: name, term weights and the class weights used (None: unweighted)."""
+    if job.task == "denoise":
+        return {"name": job.params.denoise.loss}
+    loss = job.params.train.loss
+    return {
+        "name": loss.name,
+        "weights": loss.term_weights,
+        "class_weighting": _class_weighting(job),
+        "class_weights": job.class_weights,
+    }
+
+
+def _loss_params(job: TrainJob) -> dict[str, object]:
+    """The loss as flat run params."""
+    if job.task == "denoise":
+        return {"loss": job.params.denoise.loss}
+    loss = job.params.train.loss
+    weights = "none" if job.class_weights is None else _weights_text(job.class_weights)
+    return {
+        "loss": loss.name,
+        "loss_weights": _weights_text(loss.term_weights),
+        "class_weighting": _class_weighting(job),
+        "class_weights": weights,
+    }
+
+
+def _run_params(job: TrainJob, model: nn.Module) -> dict[str, object]:
+    settings, options = job.params.train, job.options
+    task_params: dict[str, object] = _loss_params(job)
+    if job.task == "denoise":
+        denoise = job.params.denoise
+        task_params |= {"corruption": denoise.corruption, "corruption_level": denoise.level}
+    return {
+        "arch": job.architecture,
+        "family": architecture_family(job.architecture),
+        "task": job.task,
+        "dataset": job.info.name,
+        "epochs": job.epochs,
+        "upsample": options.get("upsample", "n/a"),
+        "batch_size": settings.batch_size,
+        "lr": settings.lr,
+        "weight_decay": settings.weight_decay,
+        "schedule": settings.schedule,
+        "warmup_epochs": settings.warmup_epochs,
+        "seed": settings.seed,
+        "image_size": "x".join(map(str, job.info.image_size)),
+        "params_m": round(count_params_m(model), 4),
+        "precision": job.mode.precision,
+        "memory_format": job.mode.memory_format,
+        **task_params,
+        **{f"model.{key}": value for key, value in options.items()},
+    }
+
+
+def _trainer_settings(job: TrainJob, progress: bool) -> TrainerSettings:
+    settings = job.params.train
+    return TrainerSettings(
+        job.epochs,
+        settings.lr,
+        settings.weight_decay,
+        progress=progress,
+        label=job.label,
+        precision=job.mode.precision,
+        channels_last=job.mode.channels_last,
+        compile=settings.compile,
+        checkpoint_every_steps=settings.checkpoint_every_steps,
+        schedule=settings.schedule,
+        warmup_epochs=settings.warmup_epochs,
+    )
+
+
+@dataclass(frozen=True)
+class BestCheckpoint:
+    """The trainer's ``on_best``: writes the model of a new best epoch to the job's checkpoint."""
+
+    job: TrainJob
+    out_channels: int
+    monitor: str
+
+    def __call__(self, model: nn.Module, record: EpochRecord) -> None:
+        job = self.job
+        score = record.validation[self.monitor]
+        meta = CheckpointMeta(
+            job.architecture,
+            job.options,
+            self.out_channels,
+            job.info.class_names,
+            job.info.image_size,
+            record.epoch,
+            self.monitor,
+            score,
+            job.task,
+        )
+        save_checkpoint(job.paths.checkpoint(job.architecture, job.task), model, meta)
+
+
+def _log_outcome(job: TrainJob, tracker: Tracker, result: TrainResult, val_loader: BatchLoader) -> None:
+    """The best score to the run, and the best checkpoint's model with an input example."""
+    tracker.log_metrics(
+        {
+            f"best_{result.monitor}": result.best_score,
+            "best_epoch": result.best_epoch,
+            "train_seconds": result.seconds,
+        }
+    )
+    tracker.log_model(
+        job.paths.checkpoint(job.architecture, job.task), val_loader.images[:1].float().div(255).cpu().numpy()
+    )
+
+
+def _write_records(job: TrainJob, tracker: Tracker, result: TrainResult) -> None:
+    """``history.json`` (every epoch) and ``run.json`` (which tracking run holds it)."""
+    architecture, task = job.architecture, job.task
+    io.write_json(
+        job.paths.history(architecture, task),
+        {
+            "architecture": architecture,
+            "task": task,
+            "monitor": result.monitor,
+            "best_epoch": result.best_epoch,
+            f"best_{result.monitor}": result.best_score,
+            "train_seconds": result.seconds,
+            "loss": loss_record(job),
+            "device": describe_device(job.device),
+            **job.mode.record(),
+            "epochs": [dataclasses.asdict(r) for r in result.history],
+        },
+    )
+    tracking = "off" if tracker.run_key is None else "live" if job.params.tracking.live else "deferred"
+    record = {"architecture": architecture, "task": task, "run_key": tracker.run_key, "tracking": tracking}
+    io.write_json(job.paths.run_record(architecture, task), record)

@@ -19,7 +19,9 @@ class Task(Protocol):
     monitor: str
     """Validation metric (higher is better) that picks the best epoch, e.g. ``val_miou``."""
 
-    def inputs_and_targets(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs_and_targets(
+        self, images: torch.Tensor, masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Model input and training target for one batch (images in [0, 1], masks of class ids)."""
         ...
 

@@ -1,4 +1,5 @@
-"""``task: denoise``: reconstruct the clean image from a corrupted one; L1 or L2 loss; PSNR and SSIM."""
+"""``task: denoise``: reconstruct the clean image from a corrupted one; L1, L2, 1 - SSIM or L1 + (1 - SSIM)
+loss; PSNR and SSIM."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from segpipe.data.loader import BatchLoader
 from segpipe.tasks.corruption import CorruptionKind, corrupt
 from segpipe.tasks.quality import psnr, ssim
 
-ReconstructionLoss = Literal["l1", "l2"]
+ReconstructionLoss = Literal["l1", "l2", "ssim", "l1+ssim"]
 
 #: Validation and test images get the same corruption in every epoch and every run: this seed's.
 EVALUATION_SEED = 12345
@@ -44,6 +45,18 @@ def evaluation_generator(device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(EVALUATION_SEED)
 
 
+def reconstruction_loss(
+    restored: torch.Tensor, images: torch.Tensor, kind: ReconstructionLoss
+) -> torch.Tensor:
+    """Each image's loss (``N``): mean absolute or squared error, 1 - SSIM, or L1 + 1 - SSIM."""
+    if kind == "l2":
+        return (restored - images).pow(2).flatten(1).mean(1)
+    if kind == "ssim":
+        return 1 - ssim(restored, images)
+    l1 = (restored - images).abs().flatten(1).mean(1)
+    return l1 if kind == "l1" else l1 + (1 - ssim(restored, images))
+
+
 @torch.no_grad()
 def reconstruction_scores(
     model: nn.Module | None, loader: BatchLoader, corruption: Corruption, loss: ReconstructionLoss = "l1"
@@ -60,15 +73,21 @@ def reconstruction_scores(
     for images, _ in loader:
         noisy = corruption.apply(images, generator)
         restored = noisy if model is None else model(noisy)
-        error = (restored - images).abs() if loss == "l1" else (restored - images).pow(2)
-        totals += torch.stack([error.flatten(1).mean(1).sum(), psnr(restored, images).sum(), ssim(restored, images).sum()])
+        totals += torch.stack(
+            [
+                reconstruction_loss(restored, images, loss).sum(),
+                psnr(restored, images).sum(),
+                ssim(restored, images).sum(),
+            ]
+        )
     loss_value, psnr_value, ssim_value = (totals / loader.num_samples).tolist()
     return {"loss": loss_value, "psnr": psnr_value, "ssim": ssim_value}
 
 
 @dataclass
 class DenoiseTask:
-    """Inputs are freshly corrupted training images (seeded), targets the clean images; best epoch: highest PSNR."""
+    """Inputs are freshly corrupted training images (seeded), targets the clean images; best epoch: highest
+    PSNR."""
 
     corruption: Corruption
     loss_kind: ReconstructionLoss
@@ -76,11 +95,17 @@ class DenoiseTask:
     name: str = field(default="denoise", init=False)
     monitor: str = field(default="val_psnr", init=False)
 
-    def inputs_and_targets(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs_and_targets(
+        self, images: torch.Tensor, masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.corruption.apply(images, self.generator), images
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.l1_loss(outputs, targets) if self.loss_kind == "l1" else F.mse_loss(outputs, targets)
+        if self.loss_kind == "l1":
+            return F.l1_loss(outputs, targets)
+        if self.loss_kind == "l2":
+            return F.mse_loss(outputs, targets)
+        return reconstruction_loss(outputs, targets, self.loss_kind).mean()
 
     def validate(self, model: nn.Module, loader: BatchLoader) -> dict[str, float]:
         scores = reconstruction_scores(model, loader, self.corruption, self.loss_kind)

@@ -9,14 +9,20 @@ import torch
 from torch import nn
 
 from segpipe.data.loader import BatchLoader
+from segpipe.inference import WHOLE, InferenceSettings, predict_logits
 from segpipe.metrics import ConfusionMatrix, metrics_from_confusion
 
 
 @torch.no_grad()
 def evaluate_split(
-    model: nn.Module, loader: BatchLoader, num_classes: int, ignore_index: int
+    model: nn.Module,
+    loader: BatchLoader,
+    num_classes: int,
+    ignore_index: int,
+    inference: InferenceSettings = WHOLE,
 ) -> tuple[float, np.ndarray]:
-    """Mean per-pixel cross-entropy and the confusion matrix over a whole split (one host sync at the end)."""
+    """Mean per-pixel cross-entropy and the confusion matrix over a whole split (one host sync at the end),
+    of the logits ``inference`` gives."""
     model.eval()
     device = loader.masks.device
     confusion = ConfusionMatrix(num_classes, ignore_index, device)
@@ -24,7 +30,7 @@ def evaluate_split(
     pixels = torch.zeros((), device=device, dtype=torch.int64)
     criterion = nn.CrossEntropyLoss(ignore_index=ignore_index, reduction="sum")
     for images, masks in loader:
-        logits = model(images)
+        logits = predict_logits(model, images, inference)
         loss_sum += criterion(logits, masks)
         pixels += (masks != ignore_index).sum()
         confusion.update(logits, masks)
@@ -33,17 +39,25 @@ def evaluate_split(
 
 @dataclass
 class SegmentTask:
-    """Logits ``N×C×H×W`` against masks ``N×H×W``; the best epoch has the highest validation mIoU."""
+    """Logits ``N×C×H×W`` against masks ``N×H×W``; the best epoch has the highest validation mIoU.
+
+    The training loss is ``criterion`` (:func:`segpipe.tasks.losses.segmentation_loss`; cross-entropy
+    skipping ``ignore_index`` when None); validation reports the unweighted cross-entropy whatever the loss.
+    """
 
     num_classes: int
     ignore_index: int
+    criterion: nn.Module | None = field(default=None, kw_only=True)
     name: str = field(default="segment", init=False)
     monitor: str = field(default="val_miou", init=False)
 
     def __post_init__(self) -> None:
-        self._criterion = nn.CrossEntropyLoss(ignore_index=self.ignore_index)
+        default = nn.CrossEntropyLoss(ignore_index=self.ignore_index)
+        self._criterion = self.criterion if self.criterion is not None else default
 
-    def inputs_and_targets(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs_and_targets(
+        self, images: torch.Tensor, masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return images, masks
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""What a tracking run is tagged with, worked out without importing MLflow (so a train stage that only spools its
-calls never pays MLflow's start-up)."""
+"""What a tracking run is tagged with, worked out without importing MLflow (so a train stage that only spools
+its calls never pays MLflow's start-up)."""
 
 from __future__ import annotations
 
@@ -36,28 +36,34 @@ def experiment_name(dataset: str) -> str:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip()
 
 
 def process_tags(commit: str) -> dict[str, str]:
-    """The tags MLflow gives a run made by this process (user, source, code ``commit``), recorded where the run
-    is made, not where it is sent."""
+    """The tags MLflow gives a run made by this process (user, source, code ``commit``), recorded where the
+    run is made, not where it is sent."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = "unknown"
-    tags = {"mlflow.user": user, "mlflow.source.name": sys.argv[0] if sys.argv and sys.argv[0] else "<console>",
-            "mlflow.source.type": "LOCAL"}
+    tags = {
+        "mlflow.user": user,
+        "mlflow.source.name": sys.argv[0] if sys.argv and sys.argv[0] else "<console>",
+        "mlflow.source.type": "LOCAL",
+    }
     if commit != "unknown":
         tags["mlflow.source.git.commit"] = commit
     return tags
 
 
 def _dvc_ancestor() -> str | None:
-    """``<pid>-<start time>`` of the ``dvc repro`` / ``dvc exp`` process running this stage (Linux ``/proc``)."""
+    """``<pid>-<start time>`` of the ``dvc repro`` / ``dvc exp`` process running this stage (Linux
+    ``/proc``)."""
     pid = os.getppid()
     for _ in range(8):
         try:

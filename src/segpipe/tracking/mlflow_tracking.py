@@ -1,15 +1,14 @@
 """MLflow implementation of the tracking interface: runs, parameters, metrics and logged models.
 
-A live training run's calls go through :class:`BufferedTracker`: what the tracking server cannot take because it
-is down or unreachable is spooled on local disk (:mod:`segpipe.tracking.spool`) and sent, in order, when the server
-answers again, at the end of the run, or later by ``segpipe sync`` (:func:`sync_spools`). A deferred run
-(:mod:`segpipe.tracking.deferred`) spools every call, and :func:`sync_spools` sends it the same way.
-"""
+A live training run's calls go through :class:`BufferedTracker`: what the tracking server cannot take because
+it is down or unreachable is spooled on local disk (:mod:`segpipe.tracking.spool`) and sent, in order, when
+the server answers again, at the end of the run, or later by ``segpipe sync`` (:func:`sync_spools`). A
+deferred run (:mod:`segpipe.tracking.deferred`) spools every call, and :func:`sync_spools` sends it the same
+way."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import math
 import os
 import sys
@@ -22,36 +21,55 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import mlflow.utils.requirements_utils as mlflow_requirements
 import numpy as np
-import torch
 from mlflow.entities import Metric, Param
-from mlflow.models import infer_signature
-from torch import nn
 
 from segpipe.config import TrackingParams
-from segpipe.tracking.redact import redact_uri
+from segpipe.serving.logged import log_checkpoint_model
 from segpipe.tracking.context import (
-    MODEL_URI_TAG, PIPELINE_TAG, RUN_KEY_TAG, experiment_name, git_commit, pipeline_key, project_root,
+    MODEL_URI_TAG,
+    PIPELINE_TAG,
+    RUN_KEY_TAG,
+    experiment_name,
+    git_commit,
+    pipeline_key,
+    project_root,
 )
-from segpipe.tracking.deferred import input_example_path, now_ms, start_record
+from segpipe.tracking.deferred import (
+    now_ms,
+    spool_checkpoint,
+    spooled_checkpoint,
+    start_record,
+)
+from segpipe.tracking.redact import redact_uri
 from segpipe.tracking.spool import (
-    Progress, ServerUnreachable, Spool, fail_fast, is_unreachable, new_spool_path, spool_dir, unreachable_reason,
+    Progress,
+    ServerUnreachable,
+    Spool,
+    fail_fast,
+    is_unreachable,
+    new_spool_path,
+    spool_dir,
+    unreachable_reason,
 )
 
-__all__ = ["RunRef", "ServerUnreachable", "experiment_name", "find_runs", "pipeline_key", "start_run", "sync_spools"]
-
-#: What a logged model needs, pinned to the versions installed here (what it was trained and checked with).
-MODEL_PIP_REQUIREMENTS = [
-    f"{package}=={importlib.metadata.version(package).split('+')[0]}"
-    for package in ("torch", "torchvision", "segmentation-models-pytorch", "numpy")
+__all__ = [
+    "RunRef",
+    "ServerUnreachable",
+    "experiment_name",
+    "find_runs",
+    "pipeline_key",
+    "start_run",
+    "sync_spools",
 ]
+
 CALL_TIMEOUT_S = 5
 """Limit on each wait for the server in a tracking call, so a hung server holds training up briefly."""
 MODEL_TIMEOUT_S = 120
 """The same for logging a model, whose upload can legitimately take long."""
 RETRY_INTERVAL_S = 30.0
-"""While calls are spooled, other calls than ``log_metrics`` (once an epoch) retry the server at most this often."""
+"""While calls are spooled, other calls than ``log_metrics`` (once an epoch) retry the server at most this
+often."""
 SYNC_COMMAND = "segpipe sync"
 
 
@@ -66,7 +84,7 @@ def tracking_uri(params: TrackingParams) -> str:
     root = project_root()
     relative = uri.startswith(LOCAL_SQLITE) and not uri[len(LOCAL_SQLITE) :].startswith("/")
     if relative and root != Path.cwd().absolute():
-        return f"{LOCAL_SQLITE}{root / uri[len(LOCAL_SQLITE):]}"
+        return f"{LOCAL_SQLITE}{root / uri[len(LOCAL_SQLITE) :]}"
     return uri
 
 
@@ -100,52 +118,26 @@ class MlflowTracker:
         batch = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
-    def log_model(self, model: nn.Module, input_example: np.ndarray) -> str:
-        return log_pytorch_model(self.run_id, model, input_example)
+    def log_model(self, checkpoint: Path, input_example: np.ndarray) -> str:
+        """Log the checkpoint pair as the run's model (see :mod:`segpipe.serving.logged`); return its URI."""
+        return log_checkpoint_model(self.run_id, Path(checkpoint), input_example.shape[1])
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, path, artifact_path)
 
 
-def log_pytorch_model(run_id: str, model: nn.Module, input_example: np.ndarray) -> str:
-    """Log ``model`` as run ``run_id``'s logged model "model" (pickle format, so any input size divisible by its
-    stride works); return its URI."""
-    model = model.eval()
-    with torch.no_grad():
-        output = model(torch.from_numpy(input_example).to(next(model.parameters()).device)).cpu().numpy()
-    # the logged model belongs to the run's experiment (MLflow takes the active one, else "Default")
-    mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
-    with _installed_requirements_trusted():
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            run_id=run_id,
-            serialization_format="pickle",
-            pip_requirements=MODEL_PIP_REQUIREMENTS,
-            signature=infer_signature(input_example, output),
-            input_example=input_example,
-        )
-    return info.model_uri
-
-
-@contextmanager
-def _installed_requirements_trusted() -> Iterator[None]:
-    """Skip MLflow's check that this environment satisfies the model's requirements: they are read from this
-    environment (:data:`MODEL_PIP_REQUIREMENTS`), and the check maps every installed distribution to its
-    modules, 1.0 s of each train stage's 2.7 s tracking cost (measured)."""
-    original = mlflow_requirements._check_requirement_satisfied
-    mlflow_requirements._check_requirement_satisfied = lambda requirement: None  # None: "satisfied"
-    try:
-        yield
-    finally:
-        mlflow_requirements._check_requirement_satisfied = original
-
-
-def pipeline_parent(client: mlflow.MlflowClient, experiment_id: str, key: str, tags: Mapping[str, str],
-                    start_time: int | None = None) -> str:
+def pipeline_parent(
+    client: mlflow.MlflowClient,
+    experiment_id: str,
+    key: str,
+    tags: Mapping[str, str],
+    start_time: int | None = None,
+) -> str:
     """The parent run of pipeline execution ``key`` in the experiment, created on first use (starting at
     ``start_time``, ms, when given: its first child's start)."""
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{key}'", max_results=1)
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{key}'", max_results=1
+    )
     if found:
         return found[0].info.run_id
     started = start_time / 1000 if start_time is not None else time.time()
@@ -165,38 +157,43 @@ class RunWriter:
         self.client = client
         self.progress = progress
 
-    def apply(self, call: Mapping[str, object]) -> None:
-        """Make one recorded call (failing within :data:`CALL_TIMEOUT_S` or so when the server is down)."""
-        with fail_fast(MODEL_TIMEOUT_S if call["op"] == "log_model" else CALL_TIMEOUT_S):
+    def apply(self, call: Mapping[str, object], models_dir: Path | None = None) -> None:
+        """Make one recorded call (failing within :data:`CALL_TIMEOUT_S` or so when the server is down); a
+        model record's checkpoint must lie in ``models_dir``, the spool's own folder."""
+        with fail_fast(MODEL_TIMEOUT_S if call["op"] == "log_checkpoint" else CALL_TIMEOUT_S):
             match call["op"]:
                 case "start_run":
                     self._start_run(call)
                 case "log_params":
                     MlflowTracker(self._run_id(), self.client).log_params(call["params"])
                 case "log_metrics":
-                    metrics = [Metric(key, value, call["timestamp"], call["step"]) for key, value in call["metrics"].items()]
+                    metrics = [
+                        Metric(key, value, call["timestamp"], call["step"])
+                        for key, value in call["metrics"].items()
+                    ]
                     self.client.log_batch(self._run_id(), metrics=metrics)
-                case "log_model":
-                    path = Path(call["path"])
-                    model = mlflow.pytorch.load_model(str(path), map_location="cpu")
-                    self._log_model(model, np.load(input_example_path(path)))
-                case "log_torch_model":  # a deferred run's model, pickled by torch.save
-                    path = Path(call["path"])
-                    model = torch.load(path, map_location="cpu", weights_only=False)  # our own spool: trusted
-                    self._log_model(model, np.load(input_example_path(path)))
+                case "log_checkpoint" if models_dir is not None:
+                    self._log_model(spooled_checkpoint(models_dir, call), int(call["channels"]))
+                case "log_model" | "log_torch_model" if models_dir is not None:
+                    raise ValueError(
+                        f"{models_dir.with_suffix('.jsonl')}: a model record holds a pickled model of a "
+                        f"previous segpipe, which is no longer loaded: refused; delete that spool and re-run "
+                        f"train"
+                    )
                 case "end_run":
                     self.client.set_terminated(self._run_id(), call["status"], end_time=call["end_time"])
                 case unknown:
                     raise ValueError(f"unknown tracking call {unknown!r} in a spool")
 
-    def log_model(self, model: nn.Module, input_example: np.ndarray) -> None:
-        """Log a model held in memory (a spool holds a saved copy instead)."""
+    def log_model(self, checkpoint: Path, channels: int) -> None:
+        """Log a checkpoint pair (a spool holds a copy of it instead)."""
         with fail_fast(MODEL_TIMEOUT_S):
-            self._log_model(model, input_example)
+            self._log_model(checkpoint, channels)
 
-    def _log_model(self, model: nn.Module, input_example: np.ndarray) -> None:
-        """Log the model and tag the run with its URI (how the compare stage finds it)."""
-        self.progress.model_uri = log_pytorch_model(self._run_id(), model, input_example)
+    def _log_model(self, checkpoint: Path, channels: int) -> None:
+        """Log the checkpoint as the run's model and tag the run with its URI (how the track stage finds
+        it)."""
+        self.progress.model_uri = log_checkpoint_model(self._run_id(), checkpoint, channels)
         self.client.set_tag(self._run_id(), MODEL_URI_TAG, self.progress.model_uri)
 
     def _run_id(self) -> str:
@@ -216,16 +213,21 @@ class RunWriter:
         tags = {**call["tags"], RUN_KEY_TAG: call["run_key"]}
         if call["pipeline"] is not None:
             parent_tags = {"dataset": call["dataset"], "git_commit": tags["git_commit"]}
-            self.progress.parent_run_id = pipeline_parent(self.client, experiment, call["pipeline"], parent_tags,
-                                                          call["start_time"])
+            self.progress.parent_run_id = pipeline_parent(
+                self.client, experiment, call["pipeline"], parent_tags, call["start_time"]
+            )
             tags["mlflow.parentRunId"] = self.progress.parent_run_id
-        run = self.client.create_run(experiment, start_time=call["start_time"], tags=tags, run_name=call["run_name"])
+        run = self.client.create_run(
+            experiment, start_time=call["start_time"], tags=tags, run_name=call["run_name"]
+        )
         self.progress.run_id = run.info.run_id
 
 
 def _run_by_key(client: mlflow.MlflowClient, experiment_id: str, run_key: str) -> mlflow.entities.Run | None:
     """The active run tagged with ``run_key`` in the experiment, if any."""
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1)
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1
+    )
     return found[0] if found else None
 
 
@@ -234,7 +236,7 @@ def send_spool(spool: Spool, writer: RunWriter) -> int:
     calls, writer.progress = spool.read()
     waiting = calls[writer.progress.sent :]
     for call in waiting:
-        writer.apply(call)
+        writer.apply(call, spool.models_dir)
         writer.progress.sent += 1
         spool.record_progress(writer.progress)
     return len(waiting)
@@ -245,13 +247,15 @@ def _say(message: str) -> None:
 
 
 class BufferedTracker:
-    """Tracks one training run through tracking-server outages: a call the server cannot take is spooled, as is
-    every later call until the spool is sent (keeping their order); ``run_id`` is None until the run exists."""
+    """Tracks one training run through tracking-server outages: a call the server cannot take is spooled, as
+    is every later call until the spool is sent (keeping their order); ``run_id`` is None until the run
+    exists."""
 
-    def __init__(self, uri: str, spool: Spool, run_key: str) -> None:
+    def __init__(self, uri: str, spool: Spool, run_key: str, tags: Mapping[str, str]) -> None:
         self.uri = uri
         self.spool = spool
         self.run_key = run_key
+        self.tags = dict(tags)
         self.writer = RunWriter(mlflow.MlflowClient(uri), Progress())
         self._last_failure = -math.inf
 
@@ -273,19 +277,23 @@ class BufferedTracker:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log metrics at ``step``; while calls are spooled, first retry the server (once an epoch)."""
-        call = {"op": "log_metrics", "metrics": {key: float(value) for key, value in metrics.items()},
-                "step": step or 0, "timestamp": now_ms()}
+        call = {
+            "op": "log_metrics",
+            "metrics": {key: float(value) for key, value in metrics.items()},
+            "step": step or 0,
+            "timestamp": now_ms(),
+        }
         self._call(call, retry_now=True)
 
-    def log_model(self, model: nn.Module, input_example: np.ndarray) -> str | None:
-        """Log the model; while the server is unreachable, save it beside the spool and return None."""
-        if self._caught_up(retry_now=False) and self._attempt(lambda: self.writer.log_model(model, input_example)):
+    def log_model(self, checkpoint: Path, input_example: np.ndarray) -> str | None:
+        """Log the checkpoint pair as the run's model; while the server is unreachable, copy it into the spool
+        and return None."""
+        checkpoint = Path(checkpoint)
+        if self._caught_up(retry_now=False) and self._attempt(
+            lambda: self.writer.log_model(checkpoint, int(input_example.shape[1]))
+        ):
             return self.model_uri
-        path = self.spool.models_dir / f"model-{time.time_ns()}"
-        mlflow.pytorch.save_model(model.eval(), str(path), serialization_format="pickle",
-                                  pip_requirements=MODEL_PIP_REQUIREMENTS)
-        np.save(input_example_path(path), input_example)
-        self.spool.append({"op": "log_model", "path": str(path)})
+        self.spool.append(spool_checkpoint(self.spool, checkpoint, input_example))
         return None
 
     def start(self, call: dict[str, object]) -> None:
@@ -297,8 +305,11 @@ class BufferedTracker:
         self._call({"op": "end_run", "status": status, "end_time": now_ms()}, retry_now=True)
         if self.spool.is_open:
             self.spool.close()
-            _say(f"MLflow at {redact_uri(self.uri)} is still unreachable: this run's tracking is kept in {self.spool.path}; "
-                 f"send it with `{SYNC_COMMAND}` once the server is up")
+            _say(
+                f"MLflow at {redact_uri(self.uri)} is still unreachable: this run's tracking is kept in "
+                f"{self.spool.path}; "
+                f"send it with `{SYNC_COMMAND}` once the server is up"
+            )
 
     def _call(self, call: dict[str, object], retry_now: bool = False) -> None:
         if self._caught_up(retry_now) and self._attempt(lambda: self.writer.apply(call)):
@@ -319,7 +330,10 @@ class BufferedTracker:
             self._last_failure = time.monotonic()
             return False
         self.spool.remove()
-        _say(f"MLflow at {redact_uri(self.uri)} is reachable again: sent {sent} buffered tracking calls (run {self.run_id})")
+        _say(
+            f"MLflow at {redact_uri(self.uri)} is reachable again: sent {sent} buffered tracking calls (run "
+            f"{self.run_id})"
+        )
         return True
 
     def _attempt(self, send: Callable[[], None]) -> bool:
@@ -331,8 +345,10 @@ class BufferedTracker:
                 raise
             self._last_failure = time.monotonic()
             self.spool.create(dataclasses.replace(self.writer.progress, sent=0))
-            _say(f"MLflow at {redact_uri(self.uri)} is unreachable ({unreachable_reason(error)}); buffering to "
-                 f"{self.spool.path}; it will be sent when the server is back, or run `{SYNC_COMMAND}`")
+            _say(
+                f"MLflow at {redact_uri(self.uri)} is unreachable ({unreachable_reason(error)}); buffering "
+                f"to {self.spool.path}; it will be sent when the server is back, or run `{SYNC_COMMAND}`"
+            )
             return False
         return True
 
@@ -347,15 +363,15 @@ def start_run(
     run_key: str | None = None,
     spool_path: Path | None = None,
 ) -> Iterator[BufferedTracker]:
-    """Live tracking of run ``run_key`` (default: a new key) in experiment ``segpipe-<dataset>``: the run with that
-    key continued if the store has it (a resumed training), else a new run nested under the parent run of
-    pipeline execution ``pipeline`` (see :func:`pipeline_key`) when given. Marked FINISHED at the end, FAILED if
-    the block raises. Calls the server cannot take go to ``spool_path`` (default: ``<spool dir>/<run
+    """Live tracking of run ``run_key`` (default: a new key) in experiment ``segpipe-<dataset>``: the run with
+    that key continued if the store has it (a resumed training), else a new run nested under the parent run of
+    pipeline execution ``pipeline`` (see :func:`pipeline_key`) when given. Marked FINISHED at the end, FAILED
+    if the block raises. Calls the server cannot take go to ``spool_path`` (default: ``<spool dir>/<run
     name>-<timestamp>.jsonl``, see :func:`~segpipe.tracking.spool.spool_dir`)."""
     uri = tracking_uri(params)
-    mlflow.set_tracking_uri(uri)  # mlflow.pytorch.log_model logs to the global tracking URI
+    mlflow.set_tracking_uri(uri)  # MLflow logs a model to the global tracking URI
     key = run_key or uuid.uuid4().hex
-    tracker = BufferedTracker(uri, Spool(spool_path or new_spool_path(run_name)), key)
+    tracker = BufferedTracker(uri, Spool(spool_path or new_spool_path(run_name)), key, tags)
     tracker.start(start_record(dataset, run_name, tags, pipeline, key))
     status = "FAILED"
     try:
@@ -365,7 +381,9 @@ def start_run(
         tracker.finish(status)
 
 
-def sync_spools(tracking: TrackingParams | str, directory: Path | None = None) -> list[tuple[Path, str | None]]:
+def sync_spools(
+    tracking: TrackingParams | str, directory: Path | None = None
+) -> list[tuple[Path, str | None]]:
     """Send every spool in ``directory`` (default :func:`~segpipe.tracking.spool.spool_dir`) to the tracking
     server (``tracking``: params, or a URI), deleting each once all of it is sent; spools a running training
     holds are skipped. Return (spool, run id) per spool sent. Raise :class:`ServerUnreachable` if the server
@@ -385,8 +403,8 @@ def sync_spools(tracking: TrackingParams | str, directory: Path | None = None) -
             spool.close()
             if is_unreachable(error):
                 raise ServerUnreachable(
-                    f"MLflow at {redact_uri(uri)} is unreachable ({unreachable_reason(error)}); {path} is kept: "
-                    f"run `{SYNC_COMMAND}` again once the server is up"
+                    f"MLflow at {redact_uri(uri)} is unreachable ({unreachable_reason(error)}); {path} is "
+                    f"kept: run `{SYNC_COMMAND}` again once the server is up"
                 ) from error
             raise
         spool.remove()
@@ -404,7 +422,8 @@ class RunRef:
 
 
 def find_runs(tracking: TrackingParams, dataset: str, run_keys: list[str]) -> dict[str, RunRef]:
-    """The runs tagged with ``run_keys`` in experiment ``segpipe-<dataset>``, by key (keys not found are left out)."""
+    """The runs tagged with ``run_keys`` in experiment ``segpipe-<dataset>``, by key (keys not found are left
+    out)."""
     uri = tracking_uri(tracking)
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name(experiment_name(dataset))
@@ -420,16 +439,20 @@ def find_runs(tracking: TrackingParams, dataset: str, run_keys: list[str]) -> di
 
 
 def sent_run(tracking: TrackingParams, dataset: str, run_key: str) -> RunRef:
-    """Run ``run_key`` in MLflow, after sending whatever is spooled (for code that trains and registers through
-    the library, without the compare stage)."""
+    """Run ``run_key`` in MLflow, after sending whatever is spooled (for code that trains and registers
+    through the library, without the track stage)."""
     sync_spools(tracking)
     found = find_runs(tracking, dataset, [run_key])
     if run_key not in found:
-        raise ValueError(f"no run with key {run_key} in {redact_uri(tracking_uri(tracking))}: train with tracking on")
+        raise ValueError(
+            f"no run with key {run_key} in {redact_uri(tracking_uri(tracking))}: train with tracking on"
+        )
     return found[run_key]
 
 
-def finish_parent(params: TrackingParams, parent_run_id: str, metrics: Mapping[str, float], artifacts: list[Path]) -> None:
+def finish_parent(
+    params: TrackingParams, parent_run_id: str, metrics: Mapping[str, float], artifacts: list[Path]
+) -> None:
     """Log the pipeline's summary to its parent run and mark the parent FINISHED."""
     mlflow.set_tracking_uri(tracking_uri(params))
     tracker = MlflowTracker(parent_run_id, mlflow.MlflowClient())
@@ -450,7 +473,8 @@ def resume_run(params: TrackingParams, run_id: str, architecture: str) -> Mlflow
         if is_unreachable(error):
             raise
         raise ValueError(
-            f"MLflow run {run_id} that trained {architecture} is not in the tracking store {redact_uri(uri)}: point "
+            f"MLflow run {run_id} that trained {architecture} is not in the tracking store "
+            f"{redact_uri(uri)}: point "
             f"MLFLOW_TRACKING_URI at the store that has it, or re-train (dvc repro -f train@{architecture})"
         ) from None
     return MlflowTracker(run_id, client)

@@ -1,9 +1,8 @@
 """A run's tracking calls that have not reached the MLflow server yet, kept durably on local disk.
 
-A spool is one JSON-lines file per run: call records (``{"op": ...}``) in the order they were made, and progress
-records (``{"progress": ...}``) appended after each call reaches the server, so a replay picks up where the last
-one stopped. Saved models lie in a folder beside it.
-"""
+A spool is one JSON-lines file per run: call records (``{"op": ...}``) in the order they were made, and
+progress records (``{"progress": ...}``) appended after each call reaches the server, so a replay picks up
+where the last one stopped. Saved models lie in a folder beside it."""
 
 from __future__ import annotations
 
@@ -30,7 +29,8 @@ DEFAULT_SPOOL_DIR = Path(".segpipe/tracking-spool")
 UNREACHABLE = (
     requests.exceptions.ConnectionError,
     requests.exceptions.Timeout,
-    requests.exceptions.RetryError,  # retries used up on 429/5xx answers, e.g. a proxy in front of a stopped server
+    # retries used up on 429/5xx answers, e.g. a proxy in front of a stopped server
+    requests.exceptions.RetryError,
     urllib3.exceptions.HTTPError,
     ConnectionError,
     TimeoutError,

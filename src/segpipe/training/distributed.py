@@ -46,17 +46,24 @@ class DistributedContext:
         return self.world_size > 1
 
     @classmethod
-    def from_environment(cls, device: torch.device, environ: Mapping[str, str] = os.environ) -> DistributedContext:
+    def from_environment(
+        cls, device: torch.device, environ: Mapping[str, str] = os.environ
+    ) -> DistributedContext:
         """The context ``torchrun`` describes in ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` (absent: a plain
         process), with the backend for ``device``'s type."""
         world_size = int(environ.get("WORLD_SIZE", 1))
         if world_size == 1:
             return cls()
-        return cls(int(environ["RANK"]), world_size, int(environ.get("LOCAL_RANK", 0)),
-                   "nccl" if device.type == "cuda" else "gloo")
+        return cls(
+            int(environ["RANK"]),
+            world_size,
+            int(environ.get("LOCAL_RANK", 0)),
+            "nccl" if device.type == "cuda" else "gloo",
+        )
 
     def local_device(self, device: torch.device) -> torch.device:
-        """The device this process trains on: ``cuda:<local_rank>`` for CUDA under torchrun, else ``device``."""
+        """The device this process trains on: ``cuda:<local_rank>`` for CUDA under torchrun, else
+        ``device``."""
         if self.is_distributed and device.type == "cuda":
             return torch.device("cuda", self.local_rank)
         return device
@@ -98,8 +105,9 @@ def wrap_model(
     """``model`` (already on its device) as a ``DistributedDataParallel`` replica, its BatchNorm layers as
     ``SyncBatchNorm`` (statistics over the global batch) if asked; in a plain process, the model itself.
 
-    ``channels_last`` (as ``LoopSettings.channels_last``) converts the weights before wrapping: DDP lays out
-    its gradient buckets like the weights at construction, and a later change of layout costs a copy per step.
+    ``channels_last`` (as ``TrainerSettings.channels_last``) converts the weights before wrapping: DDP lays
+    out its gradient buckets like the weights at construction, and a later change of layout costs a copy per
+    step.
     """
     if not context.is_distributed:
         return model
@@ -108,8 +116,10 @@ def wrap_model(
     device = next(model.parameters()).device
     if sync_batchnorm:
         if device.type != "cuda":
-            raise ValueError("train.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm does not train on "
-                             "the CPU); set train.sync_batchnorm: false")
+            raise ValueError(
+                "train.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm does not "
+                "train on the CPU); set train.sync_batchnorm: false"
+            )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 

@@ -1,25 +1,20 @@
-"""Timing helpers shared by the benchmark and the GPU run: a bare training loop and inference throughput,
+"""Timing helpers for the benchmarks and the evaluate stage: a bare training loop and inference throughput,
 synchronised with the device so that CUDA's asynchronous launches are counted when they finish."""
 
 from __future__ import annotations
 
-import functools
 import statistics
 import time
 
 import torch
 from torch import nn
 
-from segpipe.training.device import Precision
+from segpipe.training.device import ComputeMode, Precision
 
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _autocast(device: torch.device, precision: Precision) -> functools.partial:
-    return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def bare_images_per_second(
@@ -37,12 +32,11 @@ def bare_images_per_second(
     with ``warmup=False``, for a model that already ran). Changes the model's weights."""
     images, masks = batch
     device = images.device
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
+    mode = ComputeMode(device, precision, channels_last)
+    mode.prepare(model)
+    images = mode.inputs(images)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=device.type == "cuda")
     criterion = nn.CrossEntropyLoss(ignore_index=ignore_index)
-    autocast = _autocast(device, precision)
     model.train()
     timings = []
     for _ in range(rounds + warmup):
@@ -50,29 +44,34 @@ def bare_images_per_second(
         started = time.perf_counter()
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            with autocast():
+            with mode.autocast():
                 loss = criterion(model(images), masks)
             loss.backward()
             optimizer.step()
         sync(device)
         timings.append(time.perf_counter() - started)
-    return steps * len(images) / statistics.median(timings[int(warmup):])
+    return steps * len(images) / statistics.median(timings[int(warmup) :])
 
 
 @torch.inference_mode()
 def inference_images_per_second(
-    model: nn.Module, images: torch.Tensor, runs: int, precision: Precision = "fp32", channels_last: bool = False
+    model: nn.Module,
+    images: torch.Tensor,
+    runs: int,
+    precision: Precision = "fp32",
+    channels_last: bool = False,
 ) -> float:
-    """Median throughput of ``model`` on one batch over ``runs`` timed passes after a warm-up pass."""
+    """Median throughput of ``model`` on one batch over ``runs`` timed passes after a warm-up pass (autocast
+    and memory format as given; a channels_last run leaves the model's weights channels_last)."""
     model.eval()
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    autocast = _autocast(images.device, precision)
+    mode = ComputeMode(images.device, precision, channels_last)
+    mode.prepare(model)
+    images = mode.inputs(images)
     timings = []
     for _ in range(runs + 1):
         sync(images.device)
         started = time.perf_counter()
-        with autocast():
+        with mode.autocast():
             model(images)
         sync(images.device)
         timings.append(time.perf_counter() - started)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from torch import nn
 
 
 class Tracker(Protocol):
@@ -20,8 +20,9 @@ class Tracker(Protocol):
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
 
-    def log_model(self, model: nn.Module, input_example: np.ndarray) -> str | None:
-        """Store the model with the run; return its URI (``None`` where nothing is stored)."""
+    def log_model(self, checkpoint: Path, input_example: np.ndarray) -> str | None:
+        """Store the checkpoint pair (``model.safetensors`` + ``model.json``) as the run's model; return its
+        URI (``None`` where nothing is stored)."""
         ...
 
 
@@ -36,5 +37,5 @@ class NullTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         return None
 
-    def log_model(self, model: nn.Module, input_example: np.ndarray) -> str | None:
+    def log_model(self, checkpoint: Path, input_example: np.ndarray) -> str | None:
         return None

@@ -16,7 +16,9 @@ __all__ = ["SOURCES", "SourceListing", "SourceSample", "assign_splits", "list_so
 SOURCES = ("folder", "camvid", "oxford_pets", "voc")
 
 
-def list_source(dataset: str, root: Path, *, trimap: Literal["three_class", "binary"] = "three_class") -> SourceListing:
+def list_source(
+    dataset: str, root: Path, *, trimap: Literal["three_class", "binary"] = "three_class"
+) -> SourceListing:
     """List ``dataset`` (one of ``SOURCES``) under ``root``; ``trimap`` only applies to oxford_pets."""
     if dataset == "folder":
         return list_folder(root)

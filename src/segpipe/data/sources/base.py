@@ -7,17 +7,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from segpipe.data.decode import IMAGE_FORMATS
 from segpipe.data.errors import DatasetError
 
 SPLITS = ("train", "val", "test")
 DEFAULT_RATIOS = {"val": 0.15, "test": 0.15}
 LABEL_MAP_IGNORE = 255
-"""Target of ``SourceListing.label_map`` for raw values that become ignore pixels (the project's ignore index)."""
+"""Target of ``SourceListing.label_map`` for raw values that become ignore pixels (the project's ignore
+index)."""
 
 
 @dataclass(frozen=True)
 class SourceSample:
-    """One image and its mask; ``split`` is None when the dataset does not say (carved by ``assign_splits``)."""
+    """One image and its mask; ``split`` is None when the dataset does not say (then ``assign_splits``
+    carves it)."""
 
     id: str
     image: Path
@@ -31,7 +34,8 @@ class SourceListing:
 
     ``label_map`` (raw mask value -> class id, or ``LABEL_MAP_IGNORE`` = 255 for ignore) is applied by the
     reader after decoding; ``ignore_index`` is a raw mask value to treat as ignore when there is no label map.
-    ``unlabelled`` counts images skipped because their split has no masks folder at all.
+    ``unlabelled`` counts images skipped because their split has no masks folder at all; ``image_formats``
+    are the Pillow readers the dataset's images are opened with.
     """
 
     samples: list[SourceSample]
@@ -40,6 +44,7 @@ class SourceListing:
     mask_format: str
     unlabelled: int = 0
     label_map: dict[int, int] | None = None
+    image_formats: tuple[str, ...] = IMAGE_FORMATS
 
 
 def assign_splits(
@@ -62,7 +67,9 @@ def assign_splits(
     targets = [split for split in SPLITS if split in ratios and split not in given]
     carve_from = {None, "train"} if targets else {None}
     pool = [sample for sample in samples if sample.split in carve_from]
-    pool.sort(key=lambda sample: (hashlib.sha256(f"{seed}:{digests[sample.image]}".encode()).hexdigest(), sample.id))
+    pool.sort(
+        key=lambda sample: (hashlib.sha256(f"{seed}:{digests[sample.image]}".encode()).hexdigest(), sample.id)
+    )
     if targets or "train" not in given:
         quotas = _quotas(len(pool), {split: ratios[split] for split in targets})
     else:

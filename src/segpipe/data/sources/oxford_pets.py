@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from segpipe.data.decode import IMAGE_FORMATS
 from segpipe.data.sources.base import LABEL_MAP_IGNORE, SourceListing
 from segpipe.data.sources.files import listed_samples, require_root
 
@@ -14,6 +15,9 @@ TRIMAPS: dict[str, tuple[tuple[str, ...], dict[int, int]]] = {
     "three_class": (("background", "pet", "border"), {2: 0, 1: 1, 3: 2}),
     "binary": (("background", "pet"), {2: 0, 1: 1, 3: LABEL_MAP_IGNORE}),
 }
+IMAGE_FORMATS_PETS = (*IMAGE_FORMATS, "GIF")
+"""Readers of the pets' images: the official images.tar.gz holds GIFs named .jpg (Abyssinian_34.jpg,
+Egyptian_Mau_139.jpg and others)."""
 
 
 def list_oxford_pets(root: Path, trimap: Literal["three_class", "binary"]) -> SourceListing:
@@ -32,4 +36,11 @@ def list_oxford_pets(root: Path, trimap: Literal["three_class", "binary"]) -> So
         fix="restore the file from images.tar.gz / annotations.tar.gz, or remove the line from the list",
     )
     class_names, label_map = TRIMAPS[trimap]
-    return SourceListing(samples, class_names, ignore_index=None, mask_format="ids", label_map=dict(label_map))
+    return SourceListing(
+        samples,
+        class_names,
+        ignore_index=None,
+        mask_format="ids",
+        label_map=dict(label_map),
+        image_formats=IMAGE_FORMATS_PETS,
+    )

@@ -1,4 +1,5 @@
-"""Pascal VOC 2012 segmentation: ``JPEGImages/``, ``SegmentationClass/`` and ``ImageSets/Segmentation/*.txt``."""
+"""Pascal VOC 2012 segmentation: ``JPEGImages/``, ``SegmentationClass/`` and
+``ImageSets/Segmentation/*.txt``."""
 
 from __future__ import annotations
 
@@ -9,8 +10,27 @@ from segpipe.data.sources.base import SourceListing
 from segpipe.data.sources.files import listed_samples, require_root
 
 CLASS_NAMES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 IGNORE = 255
 LAYOUT = (
@@ -20,8 +40,9 @@ LAYOUT = (
 
 
 def list_voc(root: Path) -> SourceListing:
-    """List VOC 2012: train.txt samples are left unsplit (val is carved from them), val.txt samples become test
-    (VOC's own test masks are not public). Masks are palette PNGs whose palette indices are the class ids."""
+    """List VOC 2012: train.txt samples are left unsplit (val is carved from them), val.txt samples become
+    test (VOC's own test masks are not public). Masks are palette PNGs whose palette indices are the class
+    ids."""
     require_root(root, LAYOUT)
     voc = _voc_folder(root)
     lists = voc / "ImageSets" / "Segmentation"

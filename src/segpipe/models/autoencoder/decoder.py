@@ -26,6 +26,6 @@ class AutoencoderDecoder(nn.Sequential):
                     make_upsample(upsample, level_in, level_out),
                     conv_block(level_out, level_out, 2, batch_norm),
                 )
-                for level_in, level_out in zip(level_inputs, reversed(widths))
+                for level_in, level_out in zip(level_inputs, reversed(widths), strict=True)
             )
         )

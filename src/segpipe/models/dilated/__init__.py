@@ -1,6 +1,1 @@
-"""Dilated (atrous) context network."""
-
-from segpipe.models.dilated.config import DilatedNetConfig, build
-from segpipe.models.dilated.model import DilatedNet
-
-__all__ = ["DilatedNet", "DilatedNetConfig", "build"]
+"""Dilated (atrous) context network: options in ``config``, the network in ``model``."""

@@ -1,12 +1,11 @@
 """Context module of dilated convolutions, and the upsampling back to the input size."""
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from torch import nn
 
-UpsampleMode = Literal["bilinear", "transpose"]
+from segpipe.models.dilated.config import DilatedUpsample
 
 
 def conv_norm_relu(conv: nn.Conv2d | nn.ConvTranspose2d, batch_norm: bool) -> nn.Sequential:
@@ -20,9 +19,7 @@ class ContextModule(nn.Sequential):
     Padding equals the dilation, so the resolution never changes while the receptive field
     grows by ``2 * dilation`` per layer."""
 
-    def __init__(
-        self, in_channels: int, channels: int, dilations: Sequence[int], batch_norm: bool
-    ):
+    def __init__(self, in_channels: int, channels: int, dilations: Sequence[int], batch_norm: bool):
         super().__init__(
             *(
                 conv_norm_relu(
@@ -42,7 +39,7 @@ class ContextModule(nn.Sequential):
 
 
 def upsampler(
-    mode: UpsampleMode, in_channels: int, out_channels: int, factor: int, batch_norm: bool
+    mode: DilatedUpsample, in_channels: int, out_channels: int, factor: int, batch_norm: bool
 ) -> nn.Sequential:
     """×``factor`` (even) upsampling to ``out_channels`` [+ BatchNorm] + ReLU: bilinear
     interpolation then a 3×3 conv, or a transposed conv (kernel 2·factor, stride factor)."""
@@ -60,9 +57,7 @@ def upsampler(
         )
     return nn.Sequential(
         nn.Upsample(scale_factor=factor, mode="bilinear", align_corners=False),
-        conv_norm_relu(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm), batch_norm
-        ),
+        conv_norm_relu(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm), batch_norm),
     )
 
 
@@ -77,7 +72,7 @@ class DilatedDecoder(nn.Module):
         dilations: Sequence[int],
         out_channels: int,
         factor: int,
-        upsample: UpsampleMode,
+        upsample: DilatedUpsample,
         batch_norm: bool,
     ):
         super().__init__()

@@ -15,7 +15,7 @@ class DilatedFrontEnd(nn.Sequential):
         super().__init__(
             *(
                 nn.Sequential(conv_block(block_in, block_out, 2, batch_norm), nn.MaxPool2d(2))
-                for block_in, block_out in zip([in_channels, *widths[:-1]], widths)
+                for block_in, block_out in zip([in_channels, *widths[:-1]], widths, strict=True)
             )
         )
         self.out_channels = widths[-1]

@@ -1,5 +1,1 @@
-"""FCN-32s/16s/8s architectures."""
-
-from segpipe.models.fcn.model import FCN
-
-__all__ = ["FCN"]
+"""FCN-32s/16s/8s architectures: options in ``config``, the network in ``model``."""

@@ -25,9 +25,7 @@ class BilinearUpsample(nn.ConvTranspose2d):
     def __init__(self, channels: int, factor: int):
         if factor % 2:
             raise ValueError(f"upsampling factor must be even, got {factor}")
-        super().__init__(
-            channels, channels, 2 * factor, stride=factor, padding=factor // 2, bias=False
-        )
+        super().__init__(channels, channels, 2 * factor, stride=factor, padding=factor // 2, bias=False)
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
@@ -57,7 +55,8 @@ class FCNDecoder(nn.Module):
     def forward(self, features: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
         *skips, fc7 = features
         scores = self.score(fc7)
-        fusions = zip(reversed(skips), self.skip_scores, self.skip_upsamples)
+        # 32s fuses no skip, 16s only pool4: the extra skips are left unused
+        fusions = zip(reversed(skips), self.skip_scores, self.skip_upsamples, strict=False)
         for skip, skip_score, upsample in fusions:
             scores = upsample(scores) + skip_score(skip)
         return scores

@@ -20,7 +20,7 @@ class VGG16Encoder(nn.Module):
     lists their widths. ``batch_norm`` gives the VGG-16-BN variant (trains reliably from scratch)."""
 
     def __init__(
-        self, in_channels: int, width: float, fc_channels: int | None, dropout: float, batch_norm: bool = True
+        self, in_channels: int, width: float, fc_channels: int | None, dropout: float, batch_norm: bool
     ):
         super().__init__()
         if fc_channels is None:
@@ -29,7 +29,7 @@ class VGG16Encoder(nn.Module):
         block_inputs = [in_channels, *widths[:-1]]
         self.blocks = nn.ModuleList(
             nn.Sequential(conv_block(block_in, block_out, num_convs, batch_norm), nn.MaxPool2d(2))
-            for block_in, block_out, (_, num_convs) in zip(block_inputs, widths, VGG16_BLOCKS)
+            for block_in, block_out, (_, num_convs) in zip(block_inputs, widths, VGG16_BLOCKS, strict=True)
         )
         self.fc = nn.Sequential(
             nn.Conv2d(widths[-1], fc_channels, kernel_size=7, padding=3),

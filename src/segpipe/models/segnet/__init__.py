@@ -1,6 +1,1 @@
-"""SegNet architecture."""
-
-from segpipe.models.segnet.config import SegNetConfig, build
-from segpipe.models.segnet.model import SegNet
-
-__all__ = ["SegNet", "SegNetConfig", "build"]
+"""SegNet architecture: options in ``config``, the network in ``model``."""

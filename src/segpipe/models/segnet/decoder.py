@@ -47,7 +47,7 @@ class SegNetDecoder(nn.Module):
     ):
         super().__init__()
         block_outputs = [widths[0], *widths[:-1]]
-        mirrored = zip(reversed(widths), reversed(block_outputs), reversed(num_convs))
+        mirrored = zip(reversed(widths), reversed(block_outputs), reversed(num_convs), strict=True)
         self.blocks = nn.ModuleList(
             SegNetDecoderBlock(block_in, block_out, convs, upsample, batch_norm)
             for block_in, block_out, convs in mirrored
@@ -55,6 +55,6 @@ class SegNetDecoder(nn.Module):
 
     def forward(self, encoded: tuple[torch.Tensor, list[torch.Tensor]]) -> torch.Tensor:
         x, indices = encoded
-        for block, block_indices in zip(self.blocks, reversed(indices)):
+        for block, block_indices in zip(self.blocks, reversed(indices), strict=True):
             x = block(x, block_indices)
         return x

@@ -13,14 +13,12 @@ class SegNetEncoder(nn.Module):
     max-pool that returns its indices. Returns the last pooled features (stride
     ``2**len(widths)``) and every pool's indices, first block first."""
 
-    def __init__(
-        self, in_channels: int, widths: Sequence[int], num_convs: Sequence[int], batch_norm: bool
-    ):
+    def __init__(self, in_channels: int, widths: Sequence[int], num_convs: Sequence[int], batch_norm: bool):
         super().__init__()
         block_inputs = [in_channels, *widths[:-1]]
         self.blocks = nn.ModuleList(
             conv_block(block_in, block_out, convs, batch_norm)
-            for block_in, block_out, convs in zip(block_inputs, widths, num_convs)
+            for block_in, block_out, convs in zip(block_inputs, widths, num_convs, strict=True)
         )
         self.pool = nn.MaxPool2d(2, 2, return_indices=True)
 

@@ -1,5 +1,1 @@
-"""U-Net architecture."""
-
-from segpipe.models.unet.model import UNet
-
-__all__ = ["UNet"]
+"""U-Net architecture: options in ``config``, the network in ``model``."""

@@ -33,6 +33,6 @@ class UNetDecoder(nn.Module):
     def forward(self, encoded: tuple[list[torch.Tensor], list[torch.Tensor]]) -> torch.Tensor:
         features, indices = encoded
         *skips, x = features
-        for block, skip, level_indices in zip(self.blocks, reversed(skips), reversed(indices)):
+        for block, skip, level_indices in zip(self.blocks, reversed(skips), reversed(indices), strict=True):
             x = block(x, skip, level_indices)
         return x

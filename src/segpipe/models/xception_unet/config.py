@@ -1,22 +1,26 @@
-"""Options of ``xception_unet`` and its builder."""
+"""Options of ``xception_unet``."""
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
-from segpipe.models.xception_unet.model import XceptionUNet
+from segpipe.models.options import ModelConfig
 
 Width = Annotated[int, Field(ge=1)]
 
 
-class XceptionUNetConfig(BaseModel):
-    """Options of ``xception_unet``; see :class:`XceptionUNet` (defaults: Keras widths halved)."""
+class XceptionUNetConfig(ModelConfig):
+    """Options of ``xception_unet`` (:class:`~segpipe.models.xception_unet.model.XceptionUNet`);
+    the defaults are the Keras widths halved, to train on a CPU."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    entry_channels: int = Field(default=16, ge=1)
-    encoder_channels: list[Width] = Field(default=[32, 64, 128], min_length=1, max_length=6)
-    decoder_channels: list[Width] = Field(default=[128, 64, 32, 16], min_length=2, max_length=7)
+    entry_channels: int = Field(16, ge=1)
+    """Width of the entry conv (Keras: 32)."""
+    encoder_channels: list[Width] = Field([32, 64, 128], min_length=1, max_length=6)
+    """Width of each down block (Keras: 64, 128, 256); ``output_stride`` is
+    ``2**(1 + len(encoder_channels))``."""
+    decoder_channels: list[Width] = Field([128, 64, 32, 16], min_length=2, max_length=7)
+    """Width of each up block (Keras: 256, 128, 64, 32); one more entry than ``encoder_channels``
+    so that the output is at the input size."""
 
     @field_validator("decoder_channels")
     @classmethod
@@ -28,7 +32,3 @@ class XceptionUNetConfig(BaseModel):
                 f"(one upsampling per pooling, plus the entry conv's), got {len(channels)}"
             )
         return channels
-
-
-def build(config: XceptionUNetConfig, num_classes: int, in_channels: int) -> XceptionUNet:
-    return XceptionUNet(num_classes, in_channels, **config.model_dump())

@@ -12,9 +12,7 @@ class SeparableConv2d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.depthwise = nn.Conv2d(
-            in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False
-        )
+        self.depthwise = nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False)
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,9 @@
 """Xception-style U-Net model."""
 
-from collections.abc import Sequence
-
 from torch import nn
 
 from segpipe.models.base import SegmentationModel
+from segpipe.models.xception_unet.config import XceptionUNetConfig
 from segpipe.models.xception_unet.decoder import XceptionDecoder
 from segpipe.models.xception_unet.encoder import XceptionEncoder
 
@@ -22,29 +21,13 @@ class XceptionUNet(SegmentationModel):
     Args:
         num_classes: Output channels (logits per class).
         in_channels: Input image channels.
-        entry_channels: Width of the entry conv (Keras: 32).
-        encoder_channels: Width of each down block (Keras: 64, 128, 256); ``output_stride`` is
-            ``2**(1 + len(encoder_channels))``.
-        decoder_channels: Width of each up block (Keras: 256, 128, 64, 32); one more entry than
-            ``encoder_channels`` so that the output is at the input size.
-
-    The defaults are the Keras widths halved, to train on a CPU.
+        config: The options (:class:`XceptionUNetConfig`); its defaults when None.
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        in_channels: int = 3,
-        entry_channels: int = 16,
-        encoder_channels: Sequence[int] = (32, 64, 128),
-        decoder_channels: Sequence[int] = (128, 64, 32, 16),
-    ):
-        if len(decoder_channels) != len(encoder_channels) + 1:
-            raise ValueError(
-                f"decoder_channels needs len(encoder_channels) + 1 = {len(encoder_channels) + 1} "
-                f"entries, got {len(decoder_channels)}"
-            )
-        encoder = XceptionEncoder(in_channels, entry_channels, encoder_channels)
+    def __init__(self, num_classes: int, in_channels: int = 3, config: XceptionUNetConfig | None = None):
+        config = XceptionUNetConfig() if config is None else config
+        encoder_channels, decoder_channels = config.encoder_channels, config.decoder_channels
+        encoder = XceptionEncoder(in_channels, config.entry_channels, encoder_channels)
         decoder = XceptionDecoder(encoder_channels[-1], decoder_channels)
         head = nn.Conv2d(decoder_channels[-1], num_classes, 3, padding=1)
         super().__init__(encoder, decoder, head, output_stride=2 ** (1 + len(encoder_channels)))

@@ -1,18 +1,16 @@
-"""segmentation_models_pytorch baselines, always randomly initialised (nothing is downloaded)."""
+"""Options of the segmentation_models_pytorch baselines ``smp_unet``, ``smp_fpn`` and
+``smp_deeplabv3plus``; each field maps 1:1 onto the smp constructor's argument."""
 
 import difflib
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from segpipe.models.base import SegmentationNetwork
-
-if TYPE_CHECKING:
-    import segmentation_models_pytorch as smp
+from segpipe.models.options import ModelConfig
 
 # smp.encoders.get_encoder_names() of the pinned smp 0.6.0 (tests keep it equal). Listing them here lets
 # params be validated without importing smp, timm and torchvision (~2 s) in every pipeline stage.
+# fmt: off
 ENCODER_NAMES: frozenset[str] = frozenset({
     'densenet121', 'densenet161', 'densenet169', 'densenet201', 'dpn107', 'dpn131', 'dpn68',
     'dpn68b', 'dpn92', 'dpn98', 'efficientnet-b0', 'efficientnet-b1', 'efficientnet-b2',
@@ -30,14 +28,15 @@ ENCODER_NAMES: frozenset[str] = frozenset({
     'timm-tf_efficientnet_lite4', 'vgg11', 'vgg11_bn', 'vgg13', 'vgg13_bn', 'vgg16', 'vgg16_bn',
     'vgg19', 'vgg19_bn', 'xception'
 })
+# fmt: on
 
 
-class SmpConfig(BaseModel):
-    """Options shared by the smp baselines; other fields map 1:1 onto the smp constructor."""
-
-    model_config = ConfigDict(extra="forbid")
+class SmpConfig(ModelConfig):
+    """Options shared by the smp baselines."""
 
     encoder: str = "resnet18"
+    """An smp encoder (``smp.encoders.get_encoder_names()``) or ``tu-<timm model>``; always
+    randomly initialised."""
 
     @field_validator("encoder")
     @classmethod
@@ -54,54 +53,24 @@ class SmpConfig(BaseModel):
 
 
 class SmpUnetConfig(SmpConfig):
-    decoder_channels: list[int] = Field(default=[256, 128, 64, 32, 16], min_length=5, max_length=5)
+    """Options of ``smp_unet`` (``smp.Unet``)."""
+
+    decoder_channels: list[int] = Field([256, 128, 64, 32, 16], min_length=5, max_length=5)
     decoder_attention_type: Literal["scse"] | None = None
 
 
 class SmpFPNConfig(SmpConfig):
-    decoder_pyramid_channels: int = Field(default=256, ge=1)
-    # smp normalises these with GroupNorm(32, channels)
-    decoder_segmentation_channels: int = Field(default=128, ge=32, multiple_of=32)
-    decoder_dropout: float = Field(default=0.2, ge=0, lt=1)
+    """Options of ``smp_fpn`` (``smp.FPN``)."""
+
+    decoder_pyramid_channels: int = Field(256, ge=1)
+    decoder_segmentation_channels: int = Field(128, ge=32, multiple_of=32)
+    """smp normalises these with GroupNorm(32, channels)."""
+    decoder_dropout: float = Field(0.2, ge=0, lt=1)
 
 
 class SmpDeepLabV3PlusConfig(SmpConfig):
+    """Options of ``smp_deeplabv3plus`` (``smp.DeepLabV3Plus``)."""
+
     encoder_output_stride: Literal[8, 16] = 16
-    decoder_channels: int = Field(default=256, ge=1)
-    decoder_atrous_rates: list[int] = Field(default=[12, 24, 36], min_length=3, max_length=3)
-
-
-class SmpModel(SegmentationNetwork):
-    """An smp model behind segpipe's interface (ValueError shape check, ``output_stride``).
-
-    ``output_stride`` is the encoder's, or 1 where smp accepts any size (smp.Unet in 0.6).
-    State-dict keys are the smp model's, prefixed with ``network.``.
-    """
-
-    def __init__(self, network: "smp.base.SegmentationModel"):
-        divisible = network.requires_divisible_input_shape
-        super().__init__(output_stride=network.encoder.output_stride if divisible else 1)
-        self.network = network
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input_shape(x)
-        return self.network(x)
-
-
-def build_smp(
-    architecture: Literal["Unet", "FPN", "DeepLabV3Plus"],
-    config: SmpConfig,
-    num_classes: int,
-    in_channels: int,
-) -> SmpModel:
-    """Randomly initialised ``smp.<architecture>`` (``encoder_weights=None``) wrapped in SmpModel."""
-    import segmentation_models_pytorch as smp  # only where an smp model is built
-
-    network = getattr(smp, architecture)(
-        encoder_name=config.encoder,
-        encoder_weights=None,
-        in_channels=in_channels,
-        classes=num_classes,
-        **config.model_dump(exclude={"encoder"}),
-    )
-    return SmpModel(network)
+    decoder_channels: int = Field(256, ge=1)
+    decoder_atrous_rates: list[int] = Field([12, 24, 36], min_length=3, max_length=3)

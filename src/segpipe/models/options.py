@@ -1,0 +1,17 @@
+"""What every architecture's option class shares; importable without torch, so params are checked early."""
+
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict
+
+UpsampleMode = Literal["nearest", "bilinear", "transpose", "bed_of_nails", "max_unpool"]
+"""A :func:`~segpipe.models.upsampling.make_upsample` mode."""
+UPSAMPLE_MODES: tuple[UpsampleMode, ...] = get_args(UpsampleMode)
+
+
+class ModelConfig(BaseModel):
+    """Options of one architecture (``train.models.<architecture>`` in params.yaml); each field's
+    docstring documents it."""
+
+    # allow_inf_nan: no option may be .inf or .nan (params.yaml, a run's model.json)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False)

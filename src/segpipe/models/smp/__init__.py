@@ -1,0 +1,1 @@
+"""segmentation_models_pytorch baselines: options in ``config``, the wrapper in ``model``."""

@@ -1,0 +1,42 @@
+"""segmentation_models_pytorch baselines behind segpipe's interface, always randomly initialised
+(nothing is downloaded)."""
+
+from typing import Literal
+
+import torch
+
+from segpipe.models.base import SegmentationNetwork
+from segpipe.models.smp.config import SmpConfig
+
+SmpArchitecture = Literal["Unet", "FPN", "DeepLabV3Plus"]
+
+
+class SmpModel(SegmentationNetwork):
+    """A randomly initialised ``smp.<architecture>`` (``encoder_weights=None``) with segpipe's
+    shape check and ``output_stride``: the encoder's, or 1 where smp accepts any size (smp.Unet in
+    0.6). State-dict keys are the smp model's, prefixed with ``network.``.
+
+    Args:
+        num_classes: Output channels (logits per class).
+        in_channels: Input image channels.
+        config: The options (the :class:`SmpConfig` subclass of ``architecture``).
+        architecture: The smp class to build.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int, config: SmpConfig, architecture: SmpArchitecture):
+        import segmentation_models_pytorch as smp  # only where an smp model is built
+
+        network = getattr(smp, architecture)(
+            encoder_name=config.encoder,
+            encoder_weights=None,
+            in_channels=in_channels,
+            classes=num_classes,
+            **config.model_dump(exclude={"encoder"}),
+        )
+        divisible = network.requires_divisible_input_shape
+        super().__init__(output_stride=network.encoder.output_stride if divisible else 1)
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input_shape(x)
+        return self.network(x)
