@@ -33,7 +33,12 @@ SCENARIOS: list[tuple[str, str, str]] = [
     ("Registry under concurrency", "tests/test_promotion.py", "concurrent or rollback or idempot"),
     ("Untrusted checkpoints", "tests/test_checkpoint.py", ""),
     ("Untrusted input to predict", "tests/test_predict.py", ""),
-    ("Untrusted remote-run folders", "tests/test_remote.py", "refuse or tamper or pickle or mismatch"),
+    (
+        "Untrusted remote-run folders",
+        "tests/test_remote.py",
+        "refuse or tamper or pickle or mismatch or non_best or relabelled",
+    ),
+    ("Registered models that would need unpickling", "tests/test_safe_models.py", ""),
     (
         "Photos and file types (EXIF, formats, size cap)",
         "tests/test_decode.py",

@@ -150,3 +150,25 @@ def test_a_failed_save_leaves_the_earlier_pair(saved, model, monkeypatch):
         save_checkpoint(saved, model, META)
     assert (saved.read_bytes(), meta_path(saved).read_bytes()) == before
     assert sorted(path.name for path in saved.parent.iterdir()) == ["model.json", "model.safetensors"]
+
+
+def test_huge_options_are_refused_from_the_header_without_allocating(saved, monkeypatch):
+    record = json.loads(meta_path(saved).read_text())
+    record["options"]["base_channels"] = 60000
+    meta_path(saved).write_text(json.dumps(record))
+    allocated = []
+    real_empty = torch.empty
+
+    def counting_empty(*args, **kwargs):
+        tensor = real_empty(*args, **kwargs)
+        if tensor.device.type != "meta":
+            allocated.append(tensor.numel())
+        return tensor
+
+    monkeypatch.setattr(torch, "empty", counting_empty)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(saved)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "does not fit the current unet code" in message and "re-run train for unet" in message
+    assert sum(allocated) < 10**6

@@ -203,3 +203,16 @@ def test_reconstruction_models_return_images_of_the_input_shape_in_unit_range(na
     assert restored.min() >= 0 and restored.max() <= 1
     restored.mean().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_quality_scores_under_bf16_autocast_are_finite_and_match_fp32():
+    """Validation runs under the training precision's autocast: PSNR and SSIM are still computed in float32
+    (in bfloat16 SSIM's variance terms cancel and the index overflows to inf)."""
+    images = smooth_images(2, 32)
+    noisy = (images + 0.1 * torch.randn(images.shape, generator=generator(3))).clamp(0, 1)
+    expected = ssim(noisy, images), psnr(noisy, images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        actual = ssim(noisy.bfloat16(), images.bfloat16()), psnr(noisy.bfloat16(), images.bfloat16())
+    for value, reference in zip(actual, expected, strict=True):
+        assert torch.isfinite(value).all() and value.dtype == torch.float32
+        assert torch.allclose(value, reference, atol=0.05, rtol=0.01)

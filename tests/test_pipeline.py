@@ -238,10 +238,12 @@ def test_mlflow_ui_compare_page_lines_up_the_architectures(project, mlflow_serve
         (r for r in runs if "segpipe.pipeline" in tags[r["info"]["run_id"]]),
         key=lambda r: r["info"]["start_time"],
     )
-    children = [
+    params = {r["info"]["run_id"]: {p["key"]: p["value"] for p in r["data"].get("params", [])} for r in runs}
+    children = [  # the segmentation runs: what a user compares side by side
         r["info"]["run_id"]
         for r in runs
         if tags[r["info"]["run_id"]].get("mlflow.parentRunId") == parent["info"]["run_id"]
+        and params[r["info"]["run_id"]].get("task") == "segment"
     ]
     url = (
         f"{mlflow_server}/#/compare-runs?runs={json.dumps(children, separators=(',', ':'))}"
@@ -252,6 +254,7 @@ def test_mlflow_ui_compare_page_lines_up_the_architectures(project, mlflow_serve
     for name in ARCHITECTURES:
         assert name in page.stdout, f"{name} not on the compare page"
     assert "test_miou" in page.stdout
+    assert "corruption" not in page.stdout  # no denoising parameters among the segmentation runs
     screenshot = ROOT / "reports" / "mlflow_compare.png"
     shot = headless_chromium("--window-size=1600,1100", f"--screenshot={screenshot}", url)
     assert shot.returncode == 0 and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]

@@ -133,6 +133,13 @@ def _gif(folder: Path) -> Path:
     return path
 
 
+def _four_page_tiff(folder: Path) -> Path:
+    rng = np.random.default_rng(1)
+    pages = [Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for _ in range(4)]
+    pages[0].save(folder / "stack.tif", format="TIFF", save_all=True, append_images=pages[1:])
+    return folder / "stack.tif"
+
+
 def _folder(folder: Path) -> Path:
     (folder / "photos").mkdir()
     return folder / "photos"
@@ -165,6 +172,7 @@ BAD_INPUTS: dict[str, tuple[BadInput, str]] = {
         lambda folder: _png_header(folder / "huge.png", 8000, MAX_PIXELS // 8000 + 1),
         f"the image is 8000x{MAX_PIXELS // 8000 + 1} px, more than predict handles",
     ),
+    "multi_page_tiff": (_four_page_tiff, "the image has 4 pages; predict reads one page per file"),
 }
 
 

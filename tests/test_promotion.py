@@ -181,6 +181,25 @@ def test_require_gpu_keeps_cpu_trained_models_out(registry):
     assert champion_version(client) == weak
 
 
+def test_require_gpu_refuses_a_cuda_tag_its_timing_contradicts(registry):
+    params, paths, weak, strong, client = registry
+    reset(client, challenger=strong, champion=weak)
+    run_id = client.get_model_version(NAME, strong).run_id
+    device = client.get_run(run_id).data.tags["device"]
+    gpu_only = params.model_copy(update={"promote": params.promote.model_copy(update={"require_gpu": True})})
+    client.set_tag(run_id, "device", "cuda (NVIDIA H100)")  # a relabelled CPU run, as import tags it
+    client.set_tag(run_id, "device_evidence", "implausible: 3.0 images/s, not faster than 40.0 on this CPU")
+    try:
+        decision = promote(gpu_only, paths)
+        assert not decision.promoted and "contradicted by its timing" in decision.reason
+        assert champion_version(client) == weak
+        client.set_tag(run_id, "device_evidence", "consistent: 900.0 images/s against 40.0 on this CPU")
+        assert "contradicted" not in promote(gpu_only, paths).reason
+    finally:
+        client.set_tag(run_id, "device", device)
+        client.delete_tag(run_id, "device_evidence")
+
+
 def _promote_in_process(args):
     params, root = args
     return promote(params, ProjectPaths(root)).promoted

@@ -7,6 +7,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
@@ -17,12 +18,13 @@ from packaging.requirements import Requirement
 
 from segpipe.cli import main
 from segpipe.config import TrackingParams
+from segpipe.models import build_model
 from segpipe.paths import ProjectPaths
 from segpipe.remote.bundle import PackOptions, pack_bundle
 from segpipe.remote.importer import ReevaluationMismatch, RunFolderError, import_run
 from segpipe.remote.manifest import MANIFEST, ManifestError, read_manifest, verify_folder, write_manifest
 from segpipe.remote.run import RUN_FORMAT, RunOptions, fits, run_bundle
-from segpipe.training.checkpoint import CheckpointError
+from segpipe.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 HOST_PACKAGES = ("torch", "numpy", "pillow")
 ABSENT = (
@@ -200,6 +202,24 @@ def test_a_cuda_host_is_tagged_so_promotion_can_require_it(host_run, project, tr
     assert client.get_run(version.run_id).data.tags["device"] == f"cuda ({GPU})"  # what promote reads
 
 
+def test_a_relabelled_cpu_run_is_marked_implausible_with_its_evidence(host_run, project, tracking, tmp_path):
+    folder = copy_run(host_run, tmp_path / "out")
+    run = json.loads((folder / "run.json").read_text())
+    run["host"].update(device="cuda (NVIDIA H100)", gpu_name="NVIDIA H100")
+    (folder / "run.json").write_text(json.dumps(run))
+    reseal(folder)
+    imported = import_run(folder, ProjectPaths(project), tracking)
+    client = mlflow.MlflowClient()
+    tags = client.get_run(imported.run_ids["unet"]).data.tags
+    claimed, local = float(tags["train_images_per_second"]), float(tags["local_cpu_train_images_per_second"])
+    assert 0 < claimed <= local
+    assert tags["device_evidence"].startswith("implausible: the run claims cuda (NVIDIA H100)")
+    version = client.get_model_version("segpipe-synthetic", imported.registered.version)
+    assert version.tags["device_evidence"] == tags["device_evidence"]
+    assert version.tags["imported_by"] and version.tags["imported_on_host"]
+    assert "provenance recorded by whoever ran the training, not proof" in version.description
+
+
 def test_a_changed_file_is_refused_by_its_sha256(host_run, project, tracking, tmp_path):
     folder = copy_run(host_run, tmp_path / "out")
     metrics = ProjectPaths(folder).metrics("unet")
@@ -232,6 +252,36 @@ def test_a_recorded_score_the_weights_do_not_reproduce_is_refused(host_run, proj
     metrics.write_text(json.dumps(record))
     reseal(folder)
     with pytest.raises(ReevaluationMismatch, match="re-evaluated here is .* nothing was registered"):
+        import_run(folder, ProjectPaths(project), tracking)
+    assert mlflow.MlflowClient(tracking.uri).search_registered_models() == []
+
+
+def add_segnet(folder: Path, test_miou: float) -> None:
+    """A second trained architecture in the run folder (untrained weights, a recorded score), resealed."""
+    name = "segnet"
+    paths = ProjectPaths(folder)
+    options = {"width": 0.25}
+    unet_meta = load_checkpoint(paths.checkpoint("unet"))[1]
+    meta = replace(unet_meta, architecture=name, options=options)
+    save_checkpoint(paths.checkpoint(name), build_model(name, meta.num_classes, options=options), meta)
+    record = {**json.loads(paths.metrics("unet").read_text()), "architecture": name, "test_miou": test_miou}
+    paths.metrics(name).write_text(json.dumps(record))
+    run = json.loads((folder / "run.json").read_text())
+    run["architectures"][name] = {**run["architectures"]["unet"], "test_miou": test_miou}
+    (folder / "run.json").write_text(json.dumps(run))
+    reseal(folder)
+
+
+def test_a_non_best_score_is_verified_and_never_ranked_first(host_run, project, tracking, tmp_path):
+    folder = copy_run(host_run, tmp_path / "out")
+    add_segnet(folder, 0.99)
+    with pytest.raises(RunFolderError, match="best is 'unet', but the highest recorded test_miou is segnet"):
+        import_run(folder, ProjectPaths(project), tracking)
+    run = json.loads((folder / "run.json").read_text())
+    run["best"] = "segnet"  # a consistent forgery: only re-evaluating segnet shows it
+    (folder / "run.json").write_text(json.dumps(run))
+    reseal(folder)
+    with pytest.raises(ReevaluationMismatch, match="segnet's test mIoU re-evaluated here is .* 0.9900"):
         import_run(folder, ProjectPaths(project), tracking)
     assert mlflow.MlflowClient(tracking.uri).search_registered_models() == []
 

@@ -11,6 +11,7 @@ segpipe remote run BUNDLE --out DIR                  # there: train and test (or
 segpipe remote import DIR                            # here: check, re-evaluate, log and register
 segpipe convert-checkpoint models/unet/model.pt      # a previous-format checkpoint -> model.safetensors
 segpipe server --backend-store-uri postgresql://... --artifacts-destination DIR  # a team MLflow server
+segpipe ui [--port 5000] [--dataset NAME]          # MLflow UI on the local store, at the latest runs
 """
 
 from __future__ import annotations
@@ -265,6 +266,22 @@ def _add_remote(commands: argparse._SubParsersAction) -> None:
     imported.set_defaults(run=_remote_import)
 
 
+def _ui(args: argparse.Namespace) -> None:
+    from segpipe.data.manifest import DatasetInfo
+    from segpipe.tracking.mlflow_tracking import tracking_uri
+    from segpipe.tracking.ui import UiServer, browser_base, experiments_url, serve_ui
+
+    uri = tracking_uri(load_params(args.params).tracking)
+    if uri.startswith(("http://", "https://")):
+        raise ValueError(
+            f"MLFLOW_TRACKING_URI / tracking.uri is a server, which has its UI: open "
+            f"{experiments_url(browser_base(uri))}; segpipe ui serves a local sqlite store"
+        )
+    prepared = ProjectPaths(args.root).prepared
+    dataset = args.dataset or (DatasetInfo.load(prepared).name if prepared.is_dir() else None)
+    serve_ui(UiServer(uri, args.port), dataset)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -280,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_remote(commands)
     _add_models_io(commands)
     _add_server(commands)
+    _add_ui(commands)
     return parser
 
 
@@ -385,6 +403,17 @@ def _add_server(commands: argparse._SubParsersAction) -> None:
         "machine's name always work); MLflow's patterns, e.g. mlflow.example.org,*.example.org:*",
     )
     server.set_defaults(run=_server)
+
+
+def _add_ui(commands: argparse._SubParsersAction) -> None:
+    ui = commands.add_parser(
+        "ui", help="browse the local tracking store (params tracking.uri) in the MLflow UI until Ctrl-C"
+    )
+    ui.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default: 5000)")
+    ui.add_argument(
+        "--dataset", default=None, help="dataset whose runs to open (default: the prepared data's)"
+    )
+    ui.set_defaults(run=_ui)
 
 
 def _user_errors(args: argparse.Namespace) -> tuple[type[BaseException], ...]:

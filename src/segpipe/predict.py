@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from segpipe import io
-from segpipe.data.decode import IMAGE_SUFFIXES, MAX_SIDE, check_image_size, read_image
+from segpipe.data.decode import IMAGE_FORMATS, IMAGE_SUFFIXES, MAX_SIDE, check_image_size, read_image
 from segpipe.data.errors import DatasetError
 from segpipe.figures import class_palette
 from segpipe.inference import WHOLE, InferenceSettings, predict_logits
@@ -129,13 +129,14 @@ def predict_files(
 
 
 def check_inputs(images: list[Path], stride: int, size: tuple[int, int] | None) -> None:
-    """DatasetError unless ``size`` fits the model and every image decodes and is at least ``stride`` and
-    within :class:`~segpipe.data.decode.ImageLimit` (read from the header first, so a huge image is not
-    decoded)."""
+    """DatasetError unless ``size`` fits the model and every image is one page, decodes, and is at least
+    ``stride`` and within :class:`~segpipe.data.decode.ImageLimit` (read from the header first, so a huge
+    image is not decoded)."""
     if size is not None:
         _check_size(size, stride)
     for path in images:
         height, width = check_image_size(path)
+        _check_single_page(path)
         if min(height, width) < stride:
             raise DatasetError(
                 f"the image is {width}x{height} px, smaller than the model's output stride ({stride} px)",
@@ -143,6 +144,18 @@ def check_inputs(images: list[Path], stride: int, size: tuple[int, int] | None) 
                 path,
             )
         read_image(path)  # decodes every pixel: a truncated file fails here, before any output is written
+
+
+def _check_single_page(path: Path) -> None:
+    """DatasetError for a multi-page file (a TIFF stack): only its first page would be predicted."""
+    with Image.open(path, formats=IMAGE_FORMATS) as image:
+        pages = getattr(image, "n_frames", 1)
+    if pages > 1:
+        raise DatasetError(
+            f"the image has {pages} pages; predict reads one page per file",
+            "save each page as its own file (e.g. `convert stack.tif page_%d.tif`) and pass those",
+            path,
+        )
 
 
 def _check_size(size: tuple[int, int], stride: int) -> None:

@@ -30,6 +30,7 @@ from segpipe.inference import WHOLE, InferenceSettings, predict_logits
 from segpipe.metrics import constant_prediction_confusion
 from segpipe.paths import ProjectPaths
 from segpipe.registry.versions import registered_model_name
+from segpipe.remote.evidence import EVIDENCE_TAG, IMPLAUSIBLE
 from segpipe.training.device import ComputeMode
 
 CHAMPION = "champion"
@@ -217,13 +218,21 @@ def promote(params: Params, paths: ProjectPaths) -> PromotionDecision:
                 f"registered model {name} has no @{challenger_alias} version: run the register stage first"
             )
         champion = _alias_or_none(client, name, CHAMPION)
-        device_used = client.get_run(challenger.run_id).data.tags.get("device", "unknown")
+        run_tags = client.get_run(challenger.run_id).data.tags
+        device_used = run_tags.get("device", "unknown")
         comparison, baseline = None, "majority_class" if champion is None else f"version {champion.version}"
         if champion is not None and champion.version == challenger.version:
             promoted, reason = False, f"version {challenger.version} already is the champion"
         elif settings.require_gpu and not device_used.startswith("cuda"):
             promoted = False
             reason = f"trained on {device_used}; promote.require_gpu allows only CUDA-trained champions"
+        elif settings.require_gpu and run_tags.get(EVIDENCE_TAG, "").startswith(IMPLAUSIBLE):
+            promoted = False
+            reason = (
+                f"its run's device tag ({device_used}) is contradicted by its timing "
+                f"({run_tags[EVIDENCE_TAG]}); promote.require_gpu needs evidence of CUDA training: "
+                "re-run the training on a GPU"
+            )
         else:
             comparison = _compare_on_test(params, paths, info, name, challenger.version, champion)
             promoted, reason = _verdict(comparison, settings.min_delta, baseline)

@@ -59,7 +59,8 @@ def model_card(
         f"**{record['architecture']}** ({record['family']}) trained on `{record['dataset']}` "
         f"(data hash `{data_hash or 'unknown'}`), best epoch {record['best_epoch']}, device "
         f"{record['device']}. "
-        f"Selected by `{metric}`.",
+        f"Selected by `{metric}`. The device is provenance recorded by whoever ran the training, not "
+        f"proof; for a remote run, its tags hold who imported it and the run's own timing evidence.",
         "",
         "| metric | value |",
         "|---|---:|",

@@ -3,14 +3,18 @@
 The folder comes from another machine, so it is checked before use: every file against ``manifest.json``
 (sha256), ``run.json``'s fields, each trained architecture's checkpoint (safetensors and JSON only, every
 tensor's shape against the rebuilt model). The run must have trained on this project's prepared data
-(same digest), and its best model is re-evaluated here on the prepared test split and refused if its mIoU
-differs from the recorded one by more than ``tolerance``. Only then: one MLflow run per architecture (nested
-under one parent run, tagged with the host's ``device`` and ``gpu_name``, so ``promote --require-gpu`` can
-tell a CUDA-trained model) and the best model registered as the register stage does.
+(same digest), its declared best must be the argmax of the recorded test mIoU, and every trained model is
+re-evaluated here on the prepared test split: the run is refused if any mIoU differs from the recorded one
+by more than ``tolerance``, so no unverified number is ever logged as ``test_miou``. Only then: one MLflow
+run per architecture (nested under one parent run), tagged with the host's ``device`` and ``gpu_name`` as
+the run recorded them (provenance, not proof), who imported it, and the run's timing evidence
+(:mod:`segpipe.remote.evidence`), which ``promote --require-gpu`` checks; and the best model registered as
+the register stage does.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -29,6 +33,14 @@ from segpipe.metrics import metrics_from_confusion
 from segpipe.paths import ProjectPaths
 from segpipe.registry.versions import RegisteredVersion, register_version, registered_model_name
 from segpipe.remote.bundle import data_digest
+from segpipe.remote.evidence import (
+    DEFAULT_BATCH,
+    EVIDENCE_TAG,
+    cpu_images_per_second,
+    device_evidence,
+    importer_tags,
+    run_images_per_second,
+)
 from segpipe.remote.manifest import verify_folder
 from segpipe.remote.run import RUN_FILE, RUN_FORMAT
 from segpipe.tasks.segment import evaluate_split
@@ -61,7 +73,8 @@ class RunFolder:
 
     @property
     def best(self) -> str:
-        return max(self.metrics, key=lambda name: self.metrics[name][METRIC])
+        """The architecture run.json declares best (checked to be the argmax of the recorded test mIoU)."""
+        return str(self.run["best"])
 
     @property
     def host(self) -> dict[str, Any]:
@@ -145,12 +158,23 @@ def read_run_folder(path: Path) -> RunFolder:
             raise RunFolderError(
                 f"{paths.checkpoint(name)} holds a {models[name][1].architecture}, not {name}"
             )
+    _check_best(path / RUN_FILE, run.get("best"), metrics)
     return RunFolder(path, run, metrics, models)
 
 
-def reevaluate(folder: RunFolder, paths: ProjectPaths) -> tuple[float, torch.Tensor]:
-    """The best model's test mIoU on this project's prepared test split, on the CPU, and one test image."""
-    model, meta = folder.models[folder.best]
+def _check_best(path: Path, declared: Any, metrics: dict[str, dict[str, Any]]) -> None:
+    argmax = max(metrics, key=lambda name: metrics[name][METRIC])
+    top = metrics[argmax][METRIC]
+    if not isinstance(declared, str) or declared not in metrics or metrics[declared][METRIC] < top:
+        raise RunFolderError(
+            f"{path}: best is {declared!r}, but the highest recorded {METRIC} is {argmax}'s "
+            f"({metrics[argmax][METRIC]:.4f}): the record was altered; copy the folder again"
+        )
+
+
+def reevaluate(folder: RunFolder, paths: ProjectPaths) -> tuple[dict[str, float], torch.Tensor]:
+    """Every trained model's test mIoU on this project's prepared test split, on the CPU, and one test
+    image."""
     from segpipe.data.manifest import DatasetInfo
 
     info = DatasetInfo.load(paths.prepared)
@@ -161,8 +185,45 @@ def reevaluate(folder: RunFolder, paths: ProjectPaths) -> tuple[float, torch.Ten
             f"it in the project that packed the bundle"
         )
     loader = BatchLoader(load_split(paths.prepared, "test"), 8, torch.device("cpu"))
-    _, matrix = evaluate_split(model, loader, info.num_classes, info.ignore_index)
-    return metrics_from_confusion(matrix).miou, loader.images[:1].float().div(255)
+    scores = {}
+    for name, (model, _) in folder.models.items():
+        _, matrix = evaluate_split(model, loader, info.num_classes, info.ignore_index)
+        scores[name] = metrics_from_confusion(matrix).miou
+    return scores, loader.images[:1].float().div(255)
+
+
+def _check_scores(folder: RunFolder, scores: dict[str, float], tolerance: float) -> None:
+    """ReevaluationMismatch naming the first architecture whose recorded test mIoU is not reproduced."""
+    for name, local in scores.items():
+        recorded = folder.metrics[name][METRIC]
+        if abs(local - recorded) > tolerance:
+            raise ReevaluationMismatch(
+                f"{folder.path}: {name}'s test mIoU re-evaluated here is {local:.4f}, but its metrics "
+                f"record {recorded:.4f} (difference {abs(local - recorded):.4f} > {tolerance}); nothing was "
+                f"registered. The record or the weights were altered, or do not belong together"
+            )
+
+
+def evidence_tags(folder: RunFolder, paths: ProjectPaths) -> dict[str, dict[str, str]]:
+    """Per architecture: the training images/s its record implies and, where the run claims CUDA, this
+    machine's CPU rate for the same architecture, image size and batch, with the verdict on the claim."""
+    settings = folder.run.get("settings")
+    settings = settings if isinstance(settings, dict) else {}
+    batch = settings.get("batch_size")
+    batch = batch if type(batch) is int and 0 < batch <= 1024 else DEFAULT_BATCH
+    train_images = len(load_split(paths.prepared, "train"))
+    device = folder.host["device"]
+    tags = {}
+    for name, (_, meta) in folder.models.items():
+        record = folder.run["architectures"][name]
+        claimed = run_images_per_second(record, train_images, settings.get("epochs"))
+        local = cpu_images_per_second(meta, batch) if device.startswith("cuda") else None
+        tags[name] = {
+            "train_images_per_second": "unknown" if claimed is None else f"{claimed:.1f}",
+            "local_cpu_train_images_per_second": "not measured" if local is None else f"{local:.1f}",
+            EVIDENCE_TAG: device_evidence(device, claimed, local),
+        }
+    return tags
 
 
 @dataclass(frozen=True)
@@ -175,6 +236,8 @@ class ImportedRun:
     recorded_miou: float
     local_miou: float
     registered: RegisteredVersion
+    evidence: str
+    """The verdict of :func:`segpipe.remote.evidence.device_evidence` on the device the run claims."""
 
     def summary(self) -> str:
         """What ``segpipe remote import`` prints."""
@@ -187,6 +250,8 @@ class ImportedRun:
                 f"re-evaluation of {self.architecture} here: test mIoU {self.local_miou:.4f}, recorded on "
                 f"{self.device} {self.recorded_miou:.4f} (difference {difference:.4f})",
                 f"registered {registered.name} version {registered.version} as @{registered.alias}",
+                f"device {self.device} as the run recorded it (provenance, not proof); timing evidence: "
+                f"{self.evidence}",
             ]
         )
 
@@ -207,6 +272,8 @@ def _refuse_repeat(client: mlflow.MlflowClient, experiment: str, folder: RunFold
 def _host_tags(folder: RunFolder) -> dict[str, str]:
     host = folder.host
     return {
+        **importer_tags(),
+        "gpu_properties": json.dumps(host.get("gpu_properties")) if host.get("gpu_properties") else "none",
         REMOTE_RUN_TAG: folder.run["run_id"],
         "dataset": folder.run["data"]["dataset"],
         "data_hash": f"sha256:{folder.run['data']['sha256'][:20]}",
@@ -224,6 +291,7 @@ def _log_architecture(
     name: str,
     parent_id: str,
     example: torch.Tensor,
+    evidence: dict[str, str],
 ) -> tuple[str, str | None]:
     """One child run with params, per-epoch history and final metrics; the best one also logs its model."""
     paths, record = ProjectPaths(folder.path), folder.metrics[name]
@@ -233,6 +301,7 @@ def _log_architecture(
         run_name=name,
         tags={
             **_host_tags(folder),
+            **evidence,
             "architecture": name,
             "family": str(record.get("family", "")),
             "task": meta.task,
@@ -269,7 +338,7 @@ def import_run(
     alias: str = "challenger",
     tolerance: float = MIOU_TOLERANCE,
 ) -> ImportedRun:
-    """Check ``run_dir``, re-evaluate its best model on ``paths``' prepared test split, then log one MLflow
+    """Check ``run_dir``, re-evaluate every model on ``paths``' prepared test split, then log one MLflow
     run per architecture and register the best model with ``alias``. Nothing is logged when a check fails."""
     folder = read_run_folder(run_dir)
     mlflow.set_tracking_uri(tracking_uri(tracking))
@@ -278,14 +347,13 @@ def import_run(
     experiment = experiment_name(dataset)
     _refuse_repeat(client, experiment, folder)
     best = folder.best
-    local_miou, example = reevaluate(folder, paths)
-    recorded = folder.metrics[best][METRIC]
-    if abs(local_miou - recorded) > tolerance:
-        raise ReevaluationMismatch(
-            f"{folder.path}: {best}'s test mIoU re-evaluated here is {local_miou:.4f}, but its metrics "
-            f"record {recorded:.4f} (difference {abs(local_miou - recorded):.4f} > {tolerance}); nothing was "
-            f"registered. The record or the weights were altered, or do not belong together"
-        )
+    scores, example = reevaluate(folder, paths)
+    _check_scores(folder, scores, tolerance)
+    local_miou, recorded = scores[best], folder.metrics[best][METRIC]
+    evidence = {  # what this machine checked, next to what the run recorded
+        name: {**tags, "local_test_miou": f"{scores[name]:.6f}"}
+        for name, tags in evidence_tags(folder, paths).items()
+    }
     experiment_id = mlflow_experiment_id(client, experiment)
     parent = client.create_run(
         experiment_id,
@@ -296,7 +364,9 @@ def import_run(
     MlflowTracker(run_id=parent_id, client=client).log_artifact(str(folder.path / RUN_FILE))
     run_ids, model_uri = {}, None
     for name in folder.metrics:
-        run_ids[name], uri = _log_architecture(client, experiment_id, folder, name, parent_id, example)
+        run_ids[name], uri = _log_architecture(
+            client, experiment_id, folder, name, parent_id, example, evidence[name]
+        )
         model_uri = uri or model_uri
     client.set_terminated(parent_id, "FINISHED")
     record = {
@@ -307,12 +377,16 @@ def import_run(
         "model_uri": model_uri,
     }
     registered = register_version(tracking, dataset, record, METRIC, alias)
-    for key, value in {
-        "gpu_name": folder.host.get("gpu_name") or "none",
-        "local_test_miou": f"{local_miou:.6f}",
-        REMOTE_RUN_TAG: folder.run["run_id"],
-    }.items():
+    for key, value in {**_host_tags(folder), **evidence[best]}.items():
         client.set_model_version_tag(registered_model_name(dataset), registered.version, key, value)
     return ImportedRun(
-        experiment, parent_id, run_ids, best, folder.host["device"], recorded, local_miou, registered
+        experiment,
+        parent_id,
+        run_ids,
+        best,
+        folder.host["device"],
+        recorded,
+        local_miou,
+        registered,
+        evidence[best][EVIDENCE_TAG],
     )

@@ -79,10 +79,21 @@ def describe_host(params: Params) -> dict[str, Any]:
     return {
         "device": describe_device(device),
         "gpu_name": torch.cuda.get_device_name(device) if cuda else None,
+        "gpu_properties": _gpu_properties(device) if cuda else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda if cuda else None,
         "platform": platform.platform(),
+    }
+
+
+def _gpu_properties(device: torch.device) -> dict[str, Any]:
+    """What the GPU reports of itself: timing evidence for the import beside the device's name."""
+    properties = torch.cuda.get_device_properties(device)
+    return {
+        "total_memory_gib": round(properties.total_memory / 2**30, 1),
+        "multi_processor_count": properties.multi_processor_count,
+        "capability": f"{properties.major}.{properties.minor}",
     }
 
 
@@ -211,6 +222,7 @@ def run_bundle(options: RunOptions) -> dict[str, Any]:
         "settings": {
             "device": params.train.device,
             "epochs": params.train.epochs,
+            "batch_size": params.train.batch_size,
             "architectures": params.train.architectures,
             "time_limit": options.time_limit,
         },

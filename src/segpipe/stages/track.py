@@ -27,6 +27,7 @@ from segpipe.tracking.mlflow_tracking import (
     tracking_uri,
 )
 from segpipe.tracking.redact import redact_uri
+from segpipe.tracking.ui import browser_base, dataset_runs_url
 
 
 def tracking_record(paths: ProjectPaths) -> Path:
@@ -60,7 +61,17 @@ def run_track(params: Params, paths: ProjectPaths) -> dict[str, object]:
         "runs": [_run_entry(record, runs.get(str(record.get("run_key")))) for record in records],
     }
     io.write_json(tracking_record(paths), summary)
+    print(f"track: {_where_to_look(params, info.name)}")
     return summary
+
+
+def _where_to_look(params: Params, dataset: str) -> str:
+    """The runs page of this execution in the MLflow UI (training view); for a local store, the command
+    that serves it."""
+    uri = tracking_uri(params.tracking)
+    if not uri.startswith(("http://", "https://")):
+        return "browse the runs in the MLflow UI with: segpipe ui"
+    return f"runs in the MLflow UI: {dataset_runs_url(browser_base(uri), uri, dataset)}"
 
 
 def _run_entry(record: dict[str, object], run: RunRef | None) -> dict[str, object]:
@@ -142,5 +153,6 @@ def _summarise_in_parent_runs(params: Params, paths: ProjectPaths, parents: set[
         paths.plots / "leaderboard.png",
         paths.plots / "per_class_iou.png",
     ]
+    tables = {"leaderboard.json": pd.read_csv(paths.leaderboard_csv)}
     for parent in sorted(parents):
-        finish_parent(params.tracking, parent, scores, artifacts)
+        finish_parent(params.tracking, parent, scores, artifacts, tables)

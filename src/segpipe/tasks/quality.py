@@ -7,7 +7,9 @@ import torch.nn.functional as F
 
 
 def psnr(outputs: torch.Tensor, targets: torch.Tensor, max_db: float = 100.0) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB of each image of [N, C, H, W] (data range 1), capped at ``max_db``."""
+    """Peak signal-to-noise ratio in dB of each image of [N, C, H, W] (data range 1), capped at ``max_db``;
+    computed in float32, also under bf16 autocast."""
+    outputs, targets = outputs.float(), targets.float()
     mse = (outputs - targets).pow(2).flatten(1).mean(1)
     return (-10.0 * torch.log10(mse.clamp(min=10 ** (-max_db / 10)))).clamp(max=max_db)
 
@@ -23,8 +25,14 @@ def ssim(outputs: torch.Tensor, targets: torch.Tensor, window: int = 11, sigma: 
     """Structural similarity (Wang et al., 2004) of each image of [N, C, H, W], data range 1.
 
     Gaussian 11×11 window (σ = 1.5), K1 = 0.01, K2 = 0.03, computed per channel over the valid
-    region and averaged; images smaller than the window use a window of their smaller side.
+    region and averaged; images smaller than the window use a window of their smaller side. Computed in
+    float32 with autocast off: in bfloat16 the variance differences cancel and the index overflows.
     """
+    with torch.autocast(outputs.device.type, enabled=False):
+        return _ssim(outputs.float(), targets.float(), window, sigma)
+
+
+def _ssim(outputs: torch.Tensor, targets: torch.Tensor, window: int, sigma: float) -> torch.Tensor:
     channels = outputs.shape[1]
     size = min(window, *outputs.shape[-2:])
     kernel = _gaussian_window(size, sigma, channels, outputs)

@@ -16,6 +16,10 @@ RUN_KEY_TAG = "segpipe.run_key"
 """Tag naming a training run for good: its run id is only known once the run reaches the server."""
 MODEL_URI_TAG = "segpipe.model_uri"
 """Tag holding the URI of the run's logged model, set once the model is stored."""
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+"""Experiment tag MLflow's UI reads to pick its view; without it an experiment opens in the GenAI view."""
+MODEL_TRAINING_KIND = "custom_model_development"
+"""``mlflow.experimentKind`` value of a model-training experiment (the UI's "Model training" view)."""
 
 
 def project_root(cwd: Path | None = None) -> Path:

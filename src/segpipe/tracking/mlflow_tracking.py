@@ -22,11 +22,14 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.entities import Metric, Param
 
 from segpipe.config import TrackingParams
 from segpipe.serving.logged import log_checkpoint_model
 from segpipe.tracking.context import (
+    EXPERIMENT_KIND_TAG,
+    MODEL_TRAINING_KIND,
     MODEL_URI_TAG,
     PIPELINE_TAG,
     RUN_KEY_TAG,
@@ -93,11 +96,15 @@ def experiment_id(client: mlflow.MlflowClient, name: str) -> str:
     ``mlruns/`` (MLflow's default is under the working directory, which a queued DVC experiment deletes)."""
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if EXPERIMENT_KIND_TAG not in found.tags:  # made before segpipe tagged its experiments
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
         return found.experiment_id
     root = project_root()
     local = not urllib.parse.urlparse(client.tracking_uri).scheme.startswith("http")
     location = (root / "mlruns" / name).as_uri() if local and root != Path.cwd().absolute() else None
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(
+        name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+    )
 
 
 @dataclass
@@ -451,14 +458,21 @@ def sent_run(tracking: TrackingParams, dataset: str, run_key: str) -> RunRef:
 
 
 def finish_parent(
-    params: TrackingParams, parent_run_id: str, metrics: Mapping[str, float], artifacts: list[Path]
+    params: TrackingParams,
+    parent_run_id: str,
+    metrics: Mapping[str, float],
+    artifacts: list[Path],
+    tables: Mapping[str, pd.DataFrame] | None = None,
 ) -> None:
-    """Log the pipeline's summary to its parent run and mark the parent FINISHED."""
+    """Log the pipeline's summary to its parent run (``tables``: artifact file -> frame, as MLflow tables the
+    UI's artifact view shows and ``mlflow.load_table`` reads) and mark the parent FINISHED."""
     mlflow.set_tracking_uri(tracking_uri(params))
     tracker = MlflowTracker(parent_run_id, mlflow.MlflowClient())
     tracker.log_metrics(metrics)
     for path in artifacts:
         tracker.log_artifact(str(path))
+    for artifact_file, frame in (tables or {}).items():
+        tracker.client.log_table(parent_run_id, frame, artifact_file)
     tracker.client.set_terminated(parent_run_id, "FINISHED")
 
 

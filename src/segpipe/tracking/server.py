@@ -20,6 +20,7 @@ from typing import NoReturn
 from urllib.parse import urlsplit
 
 from segpipe.tracking.redact import redact_uri
+from segpipe.tracking.ui import experiments_url
 
 WILDCARD_HOSTS = ("0.0.0.0", "::")
 #: pip packages of the PostgreSQL drivers; ``postgresql://`` means psycopg (3) since SQLAlchemy 2.1.
@@ -232,7 +233,7 @@ def serve(settings: ServerSettings) -> NoReturn:
     print(
         f"MLflow server on {command.url}; point the pipeline at it with: export "
         f"MLFLOW_TRACKING_URI={command.url}",
-        flush=True,
     )
+    print(f"MLflow UI (model training view): {experiments_url(command.url)}", flush=True)
     sys.stderr.flush()
     os.execve(sys.executable, command.argv, {**os.environ, **command.env})

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import safetensors
 import safetensors.torch
 import torch
 from torch import nn
@@ -26,6 +27,19 @@ FORMAT = "segpipe-checkpoint/1"
 _META_LIMIT = 16 * 2**20
 _PICKLE_STARTS = (b"PK\x03\x04", b"\x80")
 """``torch.save``'s zip container and a bare pickle: what a checkpoint of the previous format starts with."""
+_DTYPE_NAMES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+"""torch dtypes as a safetensors header names them."""
 
 
 class CheckpointError(ValueError):
@@ -203,17 +217,61 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path, arc
         ) from None
 
 
+def _weights_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Name -> (shape, dtype) of every tensor in ``path``, from its safetensors header (no tensor is read)."""
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as file:
+            return {
+                key: (tuple(file.get_slice(key).get_shape()), file.get_slice(key).get_dtype())
+                for key in file.keys()  # noqa: SIM118 (a safe_open handle is not a mapping)
+            }
+    except Exception as error:
+        raise CheckpointError(
+            f"{path} is not a safetensors file ({type(error).__name__}: {error}); {_convert_hint(path)}"
+        ) from None
+
+
+def _check_against_header(meta: CheckpointMeta, path: Path) -> None:
+    """Build ``meta``'s model on the meta device (no memory) and refuse it unless its tensors' names, shapes
+    and dtypes are exactly those in ``path``'s header, so options in the JSON cannot size an allocation."""
+    try:
+        with torch.device("meta"):
+            expected = {
+                key: (tuple(value.shape), _DTYPE_NAMES.get(value.dtype, str(value.dtype)))
+                for key, value in build_from_meta(meta).state_dict().items()
+            }
+    except ValueError as error:
+        raise CheckpointError(f"{meta_path(path)} describes no model segpipe can build ({error})") from None
+    found = _weights_header(path)
+    differing = sorted(key for key in expected.keys() | found.keys() if expected.get(key) != found.get(key))
+    if differing:
+        key = differing[0]
+        raise CheckpointError(
+            f"{path} does not fit the current {meta.architecture} code with the options in "
+            f"{meta_path(path).name} ({len(differing)} tensors differ, e.g. {key}: model "
+            f"{expected.get(key, 'none')}, file {found.get(key, 'none')}): the pair is altered or from "
+            f"another code version; re-run train for {meta.architecture}"
+        )
+
+
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, CheckpointMeta]:
-    """Rebuild the model of ``path`` (``model.safetensors`` with its ``model.json``), in eval mode."""
+    """Rebuild the model of ``path`` (``model.safetensors`` with its ``model.json``), in eval mode.
+
+    The model is first built on the meta device and checked against the weights' header, so only a model
+    exactly the size of the weights file is ever allocated."""
     path = Path(path)
     _check_current_format(path)
     record = _read_record(path)
     meta = _meta(record, meta_path(path))
     state = _read_tensors(path, record)
+    _check_against_header(meta, path)
     try:
         model = build_from_meta(meta)
-    except ValueError as error:
-        raise CheckpointError(f"{meta_path(path)} describes no model segpipe can build ({error})") from None
+    except (RuntimeError, MemoryError) as error:
+        raise CheckpointError(
+            f"{path}: building its {meta.architecture} ran out of memory "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); load it on a larger machine"
+        ) from None
     load_state(model, state, path, meta.architecture)
     return model.to(device).eval(), meta
 
