@@ -246,7 +246,7 @@ class TrainParams(_Section):
     """Also save the training state every N optimizer steps (0: only at the end of each epoch)."""
     deterministic: bool = False
     """Deterministic kernels (``torch.use_deterministic_algorithms``); no ``cudnn.benchmark``."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
     """``auto``: bf16 autocast (fp32 weights) on CUDA and on a CPU with native bf16 (AMX-BF16, AVX512-BF16,
     Arm BF16; override with ``SEGPIPE_CPU_BF16=1|0``), fp32 elsewhere. An explicit value is never
     overridden."""
