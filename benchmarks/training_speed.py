@@ -40,7 +40,12 @@ from segpipe.models import available_architectures, build_model, count_params_m
 from segpipe.models.profile import gflops_per_image
 from segpipe.tasks.segment import SegmentTask
 from segpipe.training.device import ComputeMode, describe_device, resolve_device
-from segpipe.training.throughput import bare_images_per_second, inference_images_per_second, sync
+from segpipe.training.throughput import (
+    bare_images_per_second,
+    forward_seconds,
+    inference_images_per_second,
+    sync,
+)
 from segpipe.training.trainer import Trainer, TrainerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,21 +120,9 @@ def training_throughputs(work: Workload, mode: ComputeMode, rounds: int) -> tupl
     return statistics.median(ours[1:]), statistics.median(bare[1:])
 
 
-@torch.inference_mode()
 def latency_ms(model: nn.Module, image: torch.Tensor, runs: int, mode: ComputeMode) -> tuple[float, float]:
     """Median and p95 milliseconds of one forward pass of ``image`` in ``mode``, after 5 warm-up passes."""
-    model.eval()
-    mode.prepare(model)
-    image = mode.inputs(image)
-    timings = []
-    for run in range(runs + 5):
-        sync(image.device)
-        started = time.perf_counter()
-        with mode.autocast():
-            model(image)
-        sync(image.device)
-        if run >= 5:
-            timings.append((time.perf_counter() - started) * 1000)
+    timings = [seconds * 1000 for seconds in forward_seconds(model, image, runs, mode, warmup=5)]
     return statistics.median(timings), float(np.percentile(timings, 95))
 
 

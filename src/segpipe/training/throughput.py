@@ -54,6 +54,26 @@ def bare_images_per_second(
 
 
 @torch.inference_mode()
+def forward_seconds(
+    model: nn.Module, images: torch.Tensor, runs: int, mode: ComputeMode, warmup: int = 1
+) -> list[float]:
+    """Seconds of each of ``runs`` timed forward passes of ``images`` in ``mode`` (eval mode), after
+    ``warmup`` untimed ones; a channels_last mode leaves the model's weights channels_last."""
+    model.eval()
+    mode.prepare(model)
+    images = mode.inputs(images)
+    timings = []
+    for run in range(runs + warmup):
+        sync(images.device)
+        started = time.perf_counter()
+        with mode.autocast():
+            model(images)
+        sync(images.device)
+        if run >= warmup:
+            timings.append(time.perf_counter() - started)
+    return timings
+
+
 def inference_images_per_second(
     model: nn.Module,
     images: torch.Tensor,
@@ -63,16 +83,5 @@ def inference_images_per_second(
 ) -> float:
     """Median throughput of ``model`` on one batch over ``runs`` timed passes after a warm-up pass (autocast
     and memory format as given; a channels_last run leaves the model's weights channels_last)."""
-    model.eval()
-    mode = ComputeMode(images.device, precision, channels_last)
-    mode.prepare(model)
-    images = mode.inputs(images)
-    timings = []
-    for _ in range(runs + 1):
-        sync(images.device)
-        started = time.perf_counter()
-        with mode.autocast():
-            model(images)
-        sync(images.device)
-        timings.append(time.perf_counter() - started)
-    return len(images) / statistics.median(timings[1:])
+    timings = forward_seconds(model, images, runs, ComputeMode(images.device, precision, channels_last))
+    return len(images) / statistics.median(timings)
