@@ -60,7 +60,7 @@ class SplitRatios(_Section):
         return self
 
 
-DatasetName = Literal["synthetic", "folder", "camvid", "oxford_pets", "voc"]
+DatasetName = Literal["synthetic", "folder", "camvid", "oxford_pets", "voc", "cityscapes", "ade20k"]
 
 
 class PrepareParams(_Section):
@@ -72,7 +72,11 @@ class PrepareParams(_Section):
     expanded."""
     download: bool = False
     seed: int = 2026
-    image_size: tuple[int, int] = (64, 64)
+    image_size: tuple[int, int] | None = (64, 64)
+    """[height, width] every sample is fitted to; None keeps each image's native size (masks untouched)."""
+    max_side: int | None = Field(None, ge=16)
+    """With ``image_size: null``: images whose longest side is above this are downscaled to it (masks by
+    nearest neighbour); None keeps native sizes."""
     resize: Literal["stretch", "pad", "crop"] = "stretch"
     splits: SplitSizes = SplitSizes()
     split_ratios: SplitRatios = SplitRatios()
@@ -91,8 +95,8 @@ class PrepareParams(_Section):
 
     @field_validator("image_size")
     @classmethod
-    def _positive_size(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if min(value) < 16:
+    def _positive_size(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and min(value) < 16:
             raise ValueError(f"image_size {list(value)} is too small: use [height, width] of at least 16 px")
         return value
 
@@ -111,6 +115,10 @@ class PrepareParams(_Section):
             raise ValueError(
                 f"palette has {len(self.palette)} colours but classes has {len(self.classes)} names"
             )
+        if self.max_side is not None and self.image_size is not None:
+            raise ValueError("max_side applies to native sizes only: set image_size: null to use it")
+        if self.image_size is None and self.dataset == "synthetic":
+            raise ValueError("the synthetic dataset is rendered at one size: set image_size: [height, width]")
         if self.mask_format == "rgb" and self.palette is None:
             raise ValueError("mask_format rgb needs prepare.palette: one [r, g, b] per class, in class order")
         return self
@@ -118,6 +126,18 @@ class PrepareParams(_Section):
     def root_path(self) -> Path:
         """``root`` with ``~`` and environment variables expanded."""
         return Path(os.path.expandvars(os.path.expanduser(self.root)))
+
+
+class DataParams(_Section):
+    """``data``: how training and evaluation read the prepared cache."""
+
+    in_memory: Literal["auto", "true", "false"] = "auto"
+    """``auto``: a split is copied into memory (and onto the device) when it fits ``memory_budget_mb``,
+    else streamed from the memory-mapped cache batch by batch; ``true`` / ``false`` force one path."""
+    memory_budget_mb: int = Field(4096, ge=1)
+    """Largest decoded split (images + masks, MB) the in-memory path takes under ``in_memory: auto``."""
+    workers: int = Field(2, ge=0)
+    """Worker processes that read and assemble batches on the streaming path (0: in the training process)."""
 
 
 class ValidateParams(_Section):
@@ -236,6 +256,9 @@ class TrainParams(_Section):
     """Epochs of linear warm-up to ``lr`` before the decay starts."""
     weight_decay: float = Field(1e-4, ge=0)
     loss: LossParams = LossParams()
+    crop: tuple[int, int] | None = None
+    """[height, width] random crop per training sample (padded with ignore_index where the image is smaller);
+    None trains on whole images."""
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
     augment: AugmentParams = AugmentParams()
@@ -272,6 +295,13 @@ class TrainParams(_Section):
         _check_architecture_names(list(models))
         return models
 
+    @field_validator("crop")
+    @classmethod
+    def _crop_size(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and min(value) < 16:
+            raise ValueError(f"crop {list(value)} is too small: use [height, width] of at least 16 px")
+        return value
+
     @model_validator(mode="after")
     def _valid_model_options(self) -> TrainParams:
         for name, options in self.models.items():
@@ -300,6 +330,29 @@ class DenoiseParams(_Section):
     loss: Literal["l1", "l2", "ssim", "l1+ssim"] = "l1"
     """``ssim``: 1 - SSIM; ``l1+ssim``: their sum."""
     epochs: int = Field(5, ge=1)
+
+    @field_validator("architectures")
+    @classmethod
+    def _known_architectures(cls, names: list[str]) -> list[str]:
+        return _check_architecture_names(names)
+
+
+class PretrainParams(_Section):
+    """``pretrain``: self-supervised denoising pretraining of segmentation encoders (stage ``pretrain@``).
+
+    Each listed architecture is trained to reconstruct clean training images (and images of
+    ``unlabelled_root``) from corrupted ones; ``train.models.<architecture>.init: pretrain`` starts its
+    segmentation training from the pretrained encoder. Batch size, lr, seed and device come from ``train``.
+    """
+
+    architectures: list[str] = Field(default_factory=list)
+    epochs: int = Field(5, ge=1)
+    unlabelled_root: str | None = None
+    """Optional folder of extra unlabelled images (searched recursively); a DVC dependency of pretrain."""
+    corruption: Literal["gaussian", "salt_pepper", "masked_patches"] = "masked_patches"
+    level: float = Field(0.5, ge=0, le=1)
+    patch_size: int = Field(8, ge=1)
+    loss: Literal["l1", "l2", "ssim", "l1+ssim"] = "l1"
 
     @field_validator("architectures")
     @classmethod
@@ -375,6 +428,10 @@ class TrackingParams(_Section):
     """True: each train stage logs to MLflow as it trains. False: it records its calls in a local spool,
     and the track stage sends every spool in one process (MLflow starts once per pipeline, not once per
     model)."""
+    system_metrics: bool = True
+    """Record CPU, memory (and GPU) use of each training run as MLflow system metrics."""
+    system_metrics_interval_s: float = Field(10.0, ge=1)
+    """Seconds between two system-metric samples."""
 
 
 class Params(_Section):
@@ -382,7 +439,9 @@ class Params(_Section):
 
     prepare: PrepareParams = PrepareParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    data: DataParams = DataParams()
     train: TrainParams = TrainParams()
+    pretrain: PretrainParams = PretrainParams()
     denoise: DenoiseParams = DenoiseParams()
     evaluate: EvaluateParams = EvaluateParams()
     compare: CompareParams = CompareParams()
