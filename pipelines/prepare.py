@@ -1,7 +1,8 @@
 """DVC stage `prepare`: generate or import the dataset into data/prepared (manifest + array cache).
 
-With `prepare.download: true` (camvid, oxford_pets, voc) the dataset is first fetched from its official
-source into `prepare.root`, once; nothing is downloaded otherwise."""
+With `prepare.download: true` (camvid, oxford_pets, voc, ade20k) the dataset is first fetched from its
+official source into `prepare.root`, once (cityscapes needs a login: it is refused, saying where to get it);
+nothing is downloaded otherwise."""
 
 import sys
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from segpipe.data.cache import SplitArrays
 from segpipe.data.loader import BatchLoader
+from segpipe.data.streaming import StreamingLoader
 from segpipe.tasks.segment import SegmentTask
 from segpipe.training import distributed
 from segpipe.training.distributed import SINGLE_PROCESS, DistributedContext
@@ -111,11 +112,14 @@ def train(
     record_in: Path | None = None,
     resume: SavedState | None = None,
     nan_on_rank_1_at: int = 0,
+    streaming: bool = False,
 ) -> tuple[nn.Module, TrainResult]:
     """Train the tiny model for ``EPOCHS`` on this rank's share of a global batch of ``GLOBAL_BATCH``; with
-    ``record_in``, record tracker calls, ``on_best`` calls and state saves there."""
+    ``record_in``, record tracker calls, ``on_best`` calls and state saves there; with ``streaming``, each
+    rank's batches are read from the split by a worker process."""
     model = distributed.wrap_model(tiny_model(batchnorm), context, channels_last=channels_last)
-    train_loader = BatchLoader(
+    loader_type, options = (StreamingLoader, {"workers": 1}) if streaming else (BatchLoader, {})
+    train_loader = loader_type(
         random_split(16, 0),
         GLOBAL_BATCH // context.world_size,
         CPU,
@@ -126,8 +130,9 @@ def train(
         drop_last=True,
         rank=context.rank,
         world_size=context.world_size,
+        **options,
     )
-    val_loader = BatchLoader(random_split(8, 1), 8, CPU)
+    val_loader = loader_type(random_split(8, 1), 8, CPU, **options)
     tracker: Tracker = NullTracker()
     states, on_best = None, None
     if record_in is not None:
@@ -150,6 +155,7 @@ def worker(out: Path) -> None:
     with distributed.session(CPU) as context:
         scenarios = {
             "plain": {},
+            "streaming": {"streaming": True},
             "batchnorm": {"batchnorm": True},
             "recorded": {"record_in": out, "channels_last": True},
         }
@@ -208,6 +214,17 @@ def test_two_processes_with_half_batches_train_like_one_process_with_the_whole_b
     for record, single in zip(ranks[0]["history"], expected.history, strict=True):
         assert record["train_loss"] == pytest.approx(single.train_loss, rel=1e-5)
         assert record["validation"] == pytest.approx(single.validation, rel=1e-5)
+
+
+def test_two_streaming_processes_train_like_one_in_memory_process(two_ranks):
+    """Each rank reads only its shard of every global batch from the split: the same training."""
+    reference, expected = train(SINGLE_PROCESS)
+    ranks = [load_outcome(two_ranks / f"streaming-rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    assert_same_weights(ranks[0]["weights"], ranks[1]["weights"])
+    assert_same_weights(reference.state_dict(), ranks[0]["weights"], exact=False)
+    assert ranks[0]["history"] == load_outcome(two_ranks / "plain-rank0.pt")["history"]
+    for record, single in zip(ranks[0]["history"], expected.history, strict=True):
+        assert record["train_loss"] == pytest.approx(single.train_loss, rel=1e-5)
 
 
 def test_batchnorm_statistics_end_the_same_on_every_rank(two_ranks):

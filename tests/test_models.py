@@ -56,7 +56,8 @@ def test_every_offending_option_is_named_on_its_own_line():
     assert str(error.value).splitlines() == [
         "Invalid model options:",
         "train.models.unet.depth: Input should be less than or equal to 6 (got 9)",
-        "train.models.unet.dept: unknown option; allowed options: depth, base_channels, upsample, batch_norm",
+        "train.models.unet.dept: unknown option; allowed options: "
+        "init, depth, base_channels, upsample, batch_norm",
     ]
 
 
@@ -69,7 +70,7 @@ def test_build_model_applies_validated_options():
 
 
 def test_check_input_shape_names_both_sides_and_nearest_valid_sizes():
-    network = SegmentationNetwork(output_stride=32)
+    network = SegmentationNetwork(output_stride=32, in_channels=3)
     network.check_input_shape(torch.zeros(1, 3, 64, 96))
     with pytest.raises(ValueError) as error:
         network.check_input_shape(torch.zeros(1, 3, 70, 20))

@@ -166,3 +166,32 @@ def test_train_stage_records_its_precision_in_the_tags_and_history(
         assert (record["precision"], record["memory_format"]) == expected
         assert record["cpu_bf16"].endswith(f"{CPU_BF16_OVERRIDE}=1")
     assert cpu_bf16_capability() in history["device"]
+
+
+def _input_gradient(module: torch.nn.Module, inputs: torch.Tensor, upstream: torch.Tensor, bf16: bool):
+    inputs = inputs.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        outputs = module(inputs)
+    (outputs.float() * upstream).sum().backward()
+    return outputs.dtype, inputs.grad
+
+
+@pytest.mark.parametrize(("factor", "side"), [(16, 4), (8, 8), (4, 8)])
+def test_strided_transposed_convolutions_give_the_right_input_gradient_under_bf16(factor, side):
+    # FCN-16s/8s diverged under CPU bf16 autocast: these upsamplers' input gradient came out wrong
+    from segpipe.models.fcn.decoder import BilinearUpsample
+
+    upsample = BilinearUpsample(6, factor)
+    inputs = torch.randn(2, 6, side, side, generator=torch.Generator().manual_seed(0))
+    upstream = torch.randn(2, 6, side * factor, side * factor, generator=torch.Generator().manual_seed(1))
+    _, exact = _input_gradient(upsample, inputs, upstream, bf16=False)
+    _, mixed = _input_gradient(upsample, inputs, upstream, bf16=True)
+    assert float((mixed - exact).norm() / exact.norm()) < 0.02
+
+
+def test_stride_two_transposed_convolutions_keep_bf16():
+    from segpipe.models.upsampling import TransposeUpsample
+
+    inputs = torch.randn(2, 8, 4, 4)
+    dtype, _ = _input_gradient(TransposeUpsample(8, 8, 2), inputs, torch.randn(2, 8, 8, 8), bf16=True)
+    assert dtype == torch.bfloat16

@@ -410,6 +410,23 @@ def test_exif_rotated_photo_is_prepared_upright_with_its_mask(project: Path, siz
     assert colour_agreement(arrays.images[index], arrays.masks[index]) > 0.9
 
 
+def test_exif_rotated_photo_keeps_its_upright_native_size(project: Path) -> None:
+    """With native sizes the cache holds the photo as displayed (24x40 upright, stored 40x24 sideways)."""
+    raw = project / "raw"
+    ids = np.zeros((24, 40), np.uint8)
+    ids[:12, :13] = 1
+    (raw / "train" / "images" / "train_0.png").unlink()
+    phone_photo(raw / "train" / "images" / "train_0.jpg", np.asarray(PALETTE, np.uint8)[ids])
+    save(raw / "train" / "masks" / "train_0.png", ids)
+    assert run_stage(project, image_size=None) == 0
+    prepared = project / "data" / "prepared"
+    index = read_manifest(prepared).set_index("id").loc["train/train_0", "index"]
+    arrays = load_split(prepared, "train")
+    assert arrays.shape(index) == (24, 40) and arrays.uniform_size is None
+    np.testing.assert_array_equal(arrays.mask(index), ids)
+    assert colour_agreement(arrays.image(index), arrays.mask(index)) > 0.9
+
+
 def sixteen_bit_or_palette(path: Path, ids: np.ndarray) -> None:
     """Even samples as 16-bit (I;16) masks, odd ones as palette (P) masks whose colours are not the class
     ids."""

@@ -1,11 +1,11 @@
-"""Size policies for image/mask pairs: stretch, pad and centre-crop."""
+"""Size policies for image/mask pairs: stretch, pad and centre-crop; bounding the longest side."""
 
 import re
 
 import numpy as np
 import pytest
 
-from segpipe.data.preprocess import fit_to_size
+from segpipe.data.preprocess import bounded_size, fit_to_size, limit_side
 
 IGNORE = 255
 POLICIES = ["stretch", "pad", "crop"]
@@ -108,3 +108,21 @@ def test_mismatched_shapes_and_unknown_policy():
         fit_to_size(image, np.zeros((10, 11), dtype=np.uint8), (8, 8), "pad", IGNORE)
     with pytest.raises(ValueError, match="unknown resize policy 'squash'"):
         fit_to_size(image, np.zeros((10, 12), dtype=np.uint8), (8, 8), "squash", IGNORE)
+
+
+@pytest.mark.parametrize(
+    ("size", "max_side", "expected"),
+    [((40, 64), 32, (20, 32)), ((64, 16), 32, (32, 8)), ((1000, 3), 100, (100, 1)), ((20, 24), 32, (20, 24))],
+)
+def test_bounded_size_keeps_the_aspect_ratio(size, max_side, expected):
+    assert bounded_size(*size, max_side) == expected
+    assert bounded_size(*size, None) == size
+
+
+def test_limit_side_downscales_larger_pairs_only():
+    image, mask = _pair(360, 480)
+    small_image, small_mask = limit_side(image, mask, 240)
+    assert small_image.shape == (180, 240, 3) and small_mask.shape == (180, 240)
+    assert set(np.unique(small_mask)) <= set(np.unique(mask))  # nearest: no blended labels
+    same_image, same_mask = limit_side(image, mask, 480)
+    assert same_image is image and same_mask is mask

@@ -16,7 +16,8 @@ import pytest
 import torch
 from conftest import RecordingTracker, easy_split, make_tiny_project, stage_command, stage_env
 
-from segpipe.data.loader import BatchLoader
+from segpipe.config import DataParams
+from segpipe.data.loader import make_loader
 from segpipe.models import build_model
 from segpipe.tasks.segment import SegmentTask
 from segpipe.training.checkpoint import load_checkpoint
@@ -33,14 +34,15 @@ from segpipe.training.trainer import Trainer, TrainerSettings
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def small_fit(store: StateStore | None, resume=None, every: int = 0):
+def small_fit(store: StateStore | None, resume=None, every: int = 0, streaming: bool = False):
     torch.manual_seed(0)
     model = build_model("unet", 2, options={"depth": 2, "base_channels": 4})
     device = torch.device("cpu")
-    train = BatchLoader(
-        easy_split(24, 0), 4, device, shuffle=True, hflip=True, vflip=True, seed=3, drop_last=True
+    data = DataParams(in_memory="false" if streaming else "true", workers=2)
+    train = make_loader(
+        easy_split(24, 0), data, 4, device, shuffle=True, hflip=True, vflip=True, seed=3, drop_last=True
     )
-    val = BatchLoader(easy_split(8, 1), 8, device)
+    val = make_loader(easy_split(8, 1), data, 8, device)
     tracker = RecordingTracker()
     settings = TrainerSettings(3, 5e-3, 1e-4, progress=False, checkpoint_every_steps=every)
     result = Trainer(SegmentTask(2, 255), settings, tracker, states=store).fit(model, train, val, resume)
@@ -97,13 +99,14 @@ def test_a_state_file_holds_tensors_and_json_and_reads_back_exactly(tmp_path):
         read_state(pickled)
 
 
-def test_training_resumed_from_a_mid_epoch_state_ends_with_identical_weights(tmp_path):
+@pytest.mark.parametrize("streaming", [False, True], ids=["in-memory", "streaming"])
+def test_training_resumed_from_a_mid_epoch_state_ends_with_identical_weights(tmp_path, streaming):
     """Training resumed from a state saved in the middle of epoch 2 ends with bit-identical weights, losses
-    and validation scores to an uninterrupted run."""
-    reference, reference_result, _ = small_fit(None)
+    and validation scores to an uninterrupted run, on either data path."""
+    reference, reference_result, _ = small_fit(None, streaming=streaming)
 
     store = StateStore(tmp_path / "states", "digest", keep=50)
-    small_fit(store, every=4)
+    small_fit(store, every=4, streaming=streaming)
     states = sorted((tmp_path / "states").glob("state-*.safetensors"))
     mid_epoch = [p for p in states if read_state(p)["batch"] != 0]
     assert mid_epoch, "no mid-epoch state was written"
@@ -114,7 +117,7 @@ def test_training_resumed_from_a_mid_epoch_state_ends_with_identical_weights(tmp
     resume = store.latest()
     assert resume.path == chosen and resume.payload["epoch"] == 2
 
-    resumed, resumed_result, tracker = small_fit(store, resume)
+    resumed, resumed_result, tracker = small_fit(store, resume, streaming=streaming)
     for key, value in reference.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
     assert [step for step, _ in tracker.metrics] == [2, 3]  # epoch 1 was logged before the interruption

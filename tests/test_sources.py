@@ -347,5 +347,5 @@ def test_voc_missing_mask_and_wrong_root(tmp_path: Path) -> None:
 
 
 def test_unknown_source(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="folder, camvid, oxford_pets, voc"):
-        list_source("cityscapes", tmp_path)
+    with pytest.raises(ValueError, match="folder, camvid, oxford_pets, voc, cityscapes, ade20k"):
+        list_source("kitti", tmp_path)

@@ -75,6 +75,11 @@ def test_image_size_must_suit_output_stride():
     check_image_size("fcn8s", 32, (128, 96))
     with pytest.raises(ValueError, match=r"prepare.image_size.*\[100, 128\].*\[96, 128\]"):
         check_image_size("fcn8s", 32, (100, 128))
+    check_image_size("fcn8s", 32, None, (64, 96))  # images of mixed sizes train on crops
+    with pytest.raises(ValueError, match=r"train.crop is \[100, 64\].*\[96, 64\]"):
+        check_image_size("fcn8s", 32, (128, 128), (100, 64))
+    with pytest.raises(ValueError, match=r"different sizes.*set train.crop"):
+        check_image_size("fcn8s", 32, None)
 
 
 def test_curves_file_has_one_row_per_epoch_with_the_tasks_metrics(tmp_path):

@@ -79,3 +79,20 @@ def test_the_training_gate_needs_no_great_expectations(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert issubclass(DataValidationError, ValueError)  # a stage prints it as a one-line error
+
+
+def test_mixed_size_cache_is_checked_sample_by_sample(tmp_path):
+    from test_cache import MIXED, make_folder, native_params
+
+    from segpipe.data.cache import packed_paths
+    from segpipe.data.prepare import prepare_dataset
+
+    prepared = tmp_path / "prepared"
+    prepare_dataset(native_params(make_folder(tmp_path / "raw", MIXED)), prepared)
+    assert run(prepared, tmp_path)["success"] is True
+    blob_path, index_path = packed_paths(prepared, "train")
+    blob = np.load(blob_path)
+    blob[np.load(index_path)[2, 0]] ^= 1  # the first pixel of train sample 2
+    np.save(blob_path, blob)
+    with pytest.raises(DataValidationError, match=r"array cache equals the files: 1 failing: .*train_2.png"):
+        run(prepared, tmp_path)

@@ -194,7 +194,7 @@ def _remote_import(args: argparse.Namespace) -> None:
             "tracking.enabled is false: remote import logs and registers in MLflow; switch tracking on"
         )
     paths = ProjectPaths(args.root)
-    imported = import_run(args.run_dir, paths, params.tracking, params.register_.alias)
+    imported = import_run(args.run_dir, paths, params.tracking, params.register_.alias, data=params.data)
     io.write_json(paths.registry_record, imported.registered.as_dict())
     print(imported.summary())
 
@@ -282,6 +282,25 @@ def _ui(args: argparse.Namespace) -> None:
     serve_ui(UiServer(uri, args.port), dataset)
 
 
+def _recipe(args: argparse.Namespace) -> None:
+    from segpipe.recipes import apply_recipe
+
+    changed = apply_recipe(args.name, args.params, args.root / "recipes", args.data_root)
+    listed = ", ".join(changed) if changed else "nothing (params already follow it)"
+    print(f"{args.params}: recipe {args.name} set {listed}; run `dvc repro` to train with it")
+
+
+def _add_recipe(commands: argparse._SubParsersAction) -> None:
+    recipe = commands.add_parser(
+        "recipe", help="write a recipe's settings (recipes/<name>.yaml) into the params file"
+    )
+    recipe.add_argument("name", help="recipe name, e.g. camvid or oxford_pets")
+    recipe.add_argument(
+        "--data-root", default=None, metavar="FOLDER", help="where the dataset lies (sets prepare.root)"
+    )
+    recipe.set_defaults(run=_recipe)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -298,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models_io(commands)
     _add_server(commands)
     _add_ui(commands)
+    _add_recipe(commands)
     return parser
 
 

@@ -197,11 +197,11 @@ ClassWeighting = Literal["none", "median_frequency", "inverse_sqrt_frequency"]
 class LossParams(_Section):
     """``train.loss``: the segmentation loss, a weighted sum of terms, and per-class weights."""
 
-    name: str = "ce"
+    name: str = "ce+dice"
     """One term or a sum such as ``ce+dice``; terms: ce, dice, focal, lovasz, tversky, jaccard."""
     weights: list[float] | None = None
     """One weight per term of ``name`` (None: 1 each)."""
-    class_weights: ClassWeighting | list[float] = "none"
+    class_weights: ClassWeighting | list[float] = "median_frequency"
     """``median_frequency`` or ``inverse_sqrt_frequency`` (from the training split's pixel counts), or one
     weight per class; used by ce, focal, dice, tversky and jaccard (lovasz takes none)."""
 
@@ -340,15 +340,13 @@ class DenoiseParams(_Section):
 class PretrainParams(_Section):
     """``pretrain``: self-supervised denoising pretraining of segmentation encoders (stage ``pretrain@``).
 
-    Each listed architecture is trained to reconstruct clean training images (and images of
-    ``unlabelled_root``) from corrupted ones; ``train.models.<architecture>.init: pretrain`` starts its
+    Each listed architecture is trained to reconstruct clean training images from corrupted ones;
+    ``train.models.<architecture>.init: pretrain`` starts its
     segmentation training from the pretrained encoder. Batch size, lr, seed and device come from ``train``.
     """
 
     architectures: list[str] = Field(default_factory=list)
     epochs: int = Field(5, ge=1)
-    unlabelled_root: str | None = None
-    """Optional folder of extra unlabelled images (searched recursively); a DVC dependency of pretrain."""
     corruption: Literal["gaussian", "salt_pepper", "masked_patches"] = "masked_patches"
     level: float = Field(0.5, ge=0, le=1)
     patch_size: int = Field(8, ge=1)

@@ -60,7 +60,7 @@ class ModelTester:
 
     name: ClassVar[str]
     tiny: ClassVar[dict[str, Any]]
-    roots: ClassVar[set[str]] = {"encoder", "decoder", "head"}
+    roots: ClassVar[set[str]] = {"normalisation", "encoder", "decoder", "head"}
     """Top-level state-dict keys."""
     any_size: ClassVar[bool] = False
     """True when the model accepts every input size (output stride 1)."""

@@ -18,7 +18,7 @@ UNKNOWN_ENCODER = (
 
 
 class SmpTester(ModelTester):
-    roots = {"network"}
+    roots = {"normalisation", "network"}
 
 
 class TestSmpUnet(SmpTester):

@@ -60,6 +60,7 @@ class TestUNet(ModelTester):
 
     def test_the_model_takes_its_option_class(self):
         assert UNetConfig().model_dump() == {
+            "init": "scratch",
             "depth": 4,
             "base_channels": 16,
             "upsample": "transpose",

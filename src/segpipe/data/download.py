@@ -3,6 +3,7 @@
 Nothing here runs unless asked. Each archive is streamed to a temporary folder beside the dataset root,
 checked, extracted there and only then moved into the root; ``<root>/.segpipe-download.json`` records the
 archives done, so a second call downloads nothing. On any failure the root keeps exactly what it held before.
+Datasets behind a login (Cityscapes) are refused with where to get them and where to unpack them.
 """
 
 from __future__ import annotations
@@ -61,6 +62,25 @@ DATASET_ARCHIVES: dict[str, tuple[Archive, ...]] = {
         Archive("https://www.robots.ox.ac.uk/~vgg/data/pets/data/annotations.tar.gz", None, ""),
     ),
     "voc": (Archive("http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar", None, ""),),
+    "ade20k": (Archive("http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip", None, ""),),
+}
+
+
+@dataclass(frozen=True)
+class LoginDownload:
+    """A dataset whose archives are only served to signed-in users: where to get them, what they unpack to."""
+
+    site: str
+    archives: tuple[str, ...]
+    folders: tuple[str, ...]
+
+
+LOGIN_REQUIRED: dict[str, LoginDownload] = {
+    "cityscapes": LoginDownload(
+        "https://www.cityscapes-dataset.com/",
+        ("leftImg8bit_trainvaltest.zip", "gtFine_trainvaltest.zip"),
+        ("leftImg8bit", "gtFine"),
+    ),
 }
 
 
@@ -69,6 +89,8 @@ def download_dataset(
 ) -> Path:
     """Download and extract ``dataset``'s official archives into ``root`` (a no-op once done); return
     ``root``."""
+    if dataset in LOGIN_REQUIRED:
+        raise _login_required(dataset, LOGIN_REQUIRED[dataset], Path(root))
     if dataset not in DATASET_ARCHIVES:
         raise ValueError(
             f"downloading applies to {', '.join(sorted(DATASET_ARCHIVES))} only, not {dataset!r}: "
@@ -186,6 +208,16 @@ def _publish(archive: Archive, staging: Path, root: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for entry in entries:
         os.replace(entry, target / entry.name)
+
+
+def _login_required(dataset: str, source: LoginDownload, root: Path) -> DatasetError:
+    folders = " and ".join(f"{root / folder}/" for folder in source.folders)
+    return DatasetError(
+        f"{dataset} cannot be downloaded by segpipe: its archives need a login at {source.site}",
+        f"sign in there, download {' and '.join(source.archives)}, unpack both into {root} "
+        f"(giving {folders}), then set prepare.download: false",
+        root,
+    )
 
 
 def _manual_fix(root: Path) -> str:

@@ -22,17 +22,28 @@ INFO_FILE = "dataset.json"
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What every later stage needs to know about the prepared data."""
+    """What every later stage needs to know about the prepared data.
+
+    ``image_size`` is the (height, width) every sample has, None when sizes differ; ``mean`` / ``std`` are
+    the training split's per-channel statistics of pixel values / 255 (None in data prepared before they
+    were recorded)."""
 
     name: str
     class_names: tuple[str, ...]
     ignore_index: int
-    image_size: tuple[int, int]
+    image_size: tuple[int, int] | None
     split_sizes: dict[str, int]
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def training_size(self, crop: tuple[int, int] | None) -> tuple[int, int] | None:
+        """The size a model trains at (its checkpoint's ``image_size``): the crop (``train.crop``), else the
+        prepared size (None for images of different sizes)."""
+        return crop if crop is not None else self.image_size
 
     def save(self, prepared_dir: Path) -> None:
         io.write_json(prepared_dir / INFO_FILE, asdict(self))
@@ -43,12 +54,15 @@ class DatasetInfo:
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: run the prepare stage first (dvc repro prepare)")
         raw = io.read_json(path)
+        size, mean, std = raw["image_size"], raw.get("mean"), raw.get("std")
         return cls(
             name=raw["name"],
             class_names=tuple(raw["class_names"]),
             ignore_index=int(raw["ignore_index"]),
-            image_size=(int(raw["image_size"][0]), int(raw["image_size"][1])),
+            image_size=None if size is None else (int(size[0]), int(size[1])),
             split_sizes={k: int(v) for k, v in raw["split_sizes"].items()},
+            mean=None if mean is None else tuple(float(v) for v in mean),
+            std=None if std is None else tuple(float(v) for v in std),
         )
 
 

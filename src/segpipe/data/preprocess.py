@@ -1,4 +1,5 @@
-"""Fitting image/mask pairs to the training size: stretch, pad (letterbox) or centre-crop."""
+"""Fitting image/mask pairs to the training size (stretch, pad or centre-crop), or bounding their longest
+side."""
 
 from __future__ import annotations
 
@@ -56,3 +57,17 @@ def fit_to_size(
         window = np.s_[top : top + target_height, left : left + target_width]
         return image[window].copy(), mask[window].copy()
     raise ValueError(f"unknown resize policy {policy!r}: use stretch, pad or crop")
+
+
+def bounded_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """(height, width) scaled down so the longest side is ``max_side``; unchanged when it already fits."""
+    if max_side is None or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def limit_side(image: np.ndarray, mask: np.ndarray, max_side: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Downscale a pair whose longest side exceeds ``max_side`` (image bilinear with antialiasing, mask
+    nearest), keeping the aspect ratio; smaller pairs are returned unchanged."""
+    return _resize(image, mask, *bounded_size(*image.shape[:2], max_side))

@@ -74,8 +74,8 @@ def inspect_prepared(prepared_dir: Path, info: DatasetInfo) -> dict[str, pd.Data
                     in_cache
                     and image is not None
                     and mask is not None
-                    and np.array_equal(cache.images[row.index], image)
-                    and np.array_equal(cache.masks[row.index], mask)
+                    and np.array_equal(cache.image(row.index), image)
+                    and np.array_equal(cache.mask(row.index), mask)
                 ),
                 "content_hash": content_hash(image) if image is not None else f"unreadable:{row.id}",
             }

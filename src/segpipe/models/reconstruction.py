@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from segpipe.models.base import SegmentationNetwork
+from segpipe.models.base import InputNormalisation, SegmentationNetwork
 from segpipe.models.zoo import build_model
 
 
@@ -17,6 +17,11 @@ class ReconstructionModel(nn.Module):
         super().__init__()
         self.network = network
         self.output_stride = network.output_stride
+
+    @property
+    def normalisation(self) -> InputNormalisation:
+        """The wrapped network's input normalisation."""
+        return self.network.normalisation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.network(x))

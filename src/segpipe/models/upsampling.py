@@ -64,7 +64,22 @@ class MaxUnpool(nn.MaxUnpool2d):
         return super().forward(x, indices)
 
 
-class TransposeUpsample(nn.ConvTranspose2d):
+class StridedConvTranspose2d(nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` that runs in float32 under CPU autocast when its stride is above 2.
+
+    oneDNN's bf16 gradient with respect to the input of such a layer is wrong on CPUs with native bf16
+    (relative error ~1 for kernel 2·s / stride s >= 8 and kernel = stride = 4, torch 2.14): FCN-16s/8s
+    diverged under bf16 autocast. Stride 2 is exact and keeps bf16.
+    """
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if max(self.stride) > 2 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(x.float(), output_size)
+        return super().forward(x, output_size)
+
+
+class TransposeUpsample(StridedConvTranspose2d):
     """Learned upsampling: a transposed conv with kernel = stride = ``factor``, so each input
     pixel paints its own ``factor``×``factor`` output block (no overlap, no checkerboard);
     PyTorch's default initialisation."""

@@ -105,11 +105,13 @@ def validate_model_options(name: str, options: Mapping[str, Any] | None) -> Mode
         allowed = ", ".join(spec.config_cls.model_fields)
         problems = []
         for problem in error.errors():
-            key = ".".join(str(part) for part in problem["loc"])
+            key = "".join(f".{part}" for part in problem["loc"])  # empty: a rule joining several options
             if problem["type"] == "extra_forbidden":
-                problems.append(f"{prefix}.{key}: unknown option; allowed options: {allowed}")
+                problems.append(f"{prefix}{key}: unknown option; allowed options: {allowed}")
+            elif not key:
+                problems.append(f"{prefix}: {problem['msg'].removeprefix('Value error, ')}")
             else:
-                problems.append(f"{prefix}.{key}: {problem['msg']} (got {_SHORT.repr(problem['input'])})")
+                problems.append(f"{prefix}{key}: {problem['msg']} (got {_SHORT.repr(problem['input'])})")
         raise ValueError("Invalid model options:\n" + "\n".join(problems)) from None
 
 

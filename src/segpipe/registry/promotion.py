@@ -12,7 +12,7 @@ import contextlib
 import fcntl
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from torch import nn
 from segpipe import io
 from segpipe.config import Params
 from segpipe.data.cache import load_split
-from segpipe.data.loader import BatchLoader
+from segpipe.data.loader import Loader, make_loader
 from segpipe.data.manifest import DatasetInfo, class_pixel_columns, read_manifest
 from segpipe.inference import WHOLE, InferenceSettings, predict_logits
 from segpipe.metrics import constant_prediction_confusion
@@ -40,7 +40,7 @@ HISTORY_TAG = "segpipe.champion_history"
 @torch.no_grad()
 def per_image_confusions(
     model: nn.Module,
-    loader: BatchLoader,
+    loader: Loader,
     num_classes: int,
     ignore_index: int,
     mode: ComputeMode | None = None,
@@ -48,7 +48,7 @@ def per_image_confusions(
 ) -> np.ndarray:
     """``[N, C, C]`` confusion matrix of every test image (rows: truth, columns: prediction), predicted as the
     evaluate stage does: in ``mode``'s precision and memory format (default fp32), under ``inference``."""
-    mode = mode or ComputeMode(loader.images.device)
+    mode = mode or ComputeMode(loader.device)
     mode.prepare(model)
     model.eval()
     matrices = []
@@ -187,8 +187,9 @@ def load_registered(name: str, version: str, device: torch.device) -> nn.Module:
     return load_logged_model(f"models:/{name}/{version}", device)[0]
 
 
-def majority_confusions(paths: ProjectPaths, info: DatasetInfo, masks: np.ndarray) -> np.ndarray:
-    """Per-image confusion matrices of predicting the train split's most frequent class everywhere."""
+def majority_confusions(paths: ProjectPaths, info: DatasetInfo, masks: Iterable[np.ndarray]) -> np.ndarray:
+    """Per-image confusion matrices of predicting the train split's most frequent class everywhere (``masks``
+    one by one, in test order)."""
     manifest = read_manifest(paths.prepared)
     columns = class_pixel_columns(info.num_classes)
     majority = int(np.argmax(manifest.loc[manifest["split"] == "train", columns].sum().to_numpy()))
@@ -264,7 +265,7 @@ def _compare_on_test(
 
     device = resolve_device(params.train.device)
     test = load_split(paths.prepared, "test")
-    loader = BatchLoader(test, params.evaluate.batch_size, device)
+    loader = make_loader(test, params.data, params.evaluate.batch_size, device)
     # challenger and champion are scored alike, in the evaluate stage's precision and inference settings
     scoring = {
         "mode": ComputeMode.resolve(device, params.train.precision, params.train.memory_format),
@@ -274,7 +275,8 @@ def _compare_on_test(
         load_registered(name, challenger, device), loader, info.num_classes, info.ignore_index, **scoring
     )
     if champion is None:
-        baseline_confusions = majority_confusions(paths, info, np.asarray(test.masks))
+        masks = (test.mask(i) for i in range(len(test)))
+        baseline_confusions = majority_confusions(paths, info, masks)
     else:
         champion_model = load_registered(name, champion.version, device)
         baseline_confusions = per_image_confusions(

@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from segpipe import io
-from segpipe.config import TrackingParams
+from segpipe.config import DataParams, TrackingParams
 from segpipe.data.cache import load_split
-from segpipe.data.loader import BatchLoader
+from segpipe.data.loader import make_loader
 from segpipe.metrics import metrics_from_confusion
 from segpipe.paths import ProjectPaths
 from segpipe.registry.versions import RegisteredVersion, register_version, registered_model_name
@@ -172,9 +172,11 @@ def _check_best(path: Path, declared: Any, metrics: dict[str, dict[str, Any]]) -
         )
 
 
-def reevaluate(folder: RunFolder, paths: ProjectPaths) -> tuple[dict[str, float], torch.Tensor]:
-    """Every trained model's test mIoU on this project's prepared test split, on the CPU, and one test
-    image."""
+def reevaluate(
+    folder: RunFolder, paths: ProjectPaths, data: DataParams = DataParams()
+) -> tuple[dict[str, float], torch.Tensor]:
+    """Every trained model's test mIoU on this project's prepared test split (read as ``data`` says), on the
+    CPU, and one test image."""
     from segpipe.data.manifest import DatasetInfo
 
     info = DatasetInfo.load(paths.prepared)
@@ -184,12 +186,12 @@ def reevaluate(folder: RunFolder, paths: ProjectPaths) -> tuple[dict[str, float]
             f"from {folder.path / RUN_FILE}): re-evaluating on other data proves nothing; import "
             f"it in the project that packed the bundle"
         )
-    loader = BatchLoader(load_split(paths.prepared, "test"), 8, torch.device("cpu"))
+    loader = make_loader(load_split(paths.prepared, "test"), data, 8, torch.device("cpu"))
     scores = {}
     for name, (model, _) in folder.models.items():
         _, matrix = evaluate_split(model, loader, info.num_classes, info.ignore_index)
         scores[name] = metrics_from_confusion(matrix).miou
-    return scores, loader.images[:1].float().div(255)
+    return scores, next(iter(loader))[0][:1]
 
 
 def _check_scores(folder: RunFolder, scores: dict[str, float], tolerance: float) -> None:
@@ -331,30 +333,14 @@ def _log_architecture(
     return created.info.run_id, model_uri
 
 
-def import_run(
-    run_dir: Path,
-    paths: ProjectPaths,
-    tracking: TrackingParams,
-    alias: str = "challenger",
-    tolerance: float = MIOU_TOLERANCE,
-) -> ImportedRun:
-    """Check ``run_dir``, re-evaluate every model on ``paths``' prepared test split, then log one MLflow
-    run per architecture and register the best model with ``alias``. Nothing is logged when a check fails."""
-    folder = read_run_folder(run_dir)
-    mlflow.set_tracking_uri(tracking_uri(tracking))
-    client = mlflow.MlflowClient()
-    dataset = folder.run["data"]["dataset"]
-    experiment = experiment_name(dataset)
-    _refuse_repeat(client, experiment, folder)
-    best = folder.best
-    scores, example = reevaluate(folder, paths)
-    _check_scores(folder, scores, tolerance)
-    local_miou, recorded = scores[best], folder.metrics[best][METRIC]
-    evidence = {  # what this machine checked, next to what the run recorded
-        name: {**tags, "local_test_miou": f"{scores[name]:.6f}"}
-        for name, tags in evidence_tags(folder, paths).items()
-    }
-    experiment_id = mlflow_experiment_id(client, experiment)
+def _log_runs(
+    client: mlflow.MlflowClient,
+    experiment_id: str,
+    folder: RunFolder,
+    example: torch.Tensor,
+    evidence: dict[str, dict[str, str]],
+) -> tuple[str, dict[str, str], str | None]:
+    """A parent run for the remote run and one nested run per architecture; their ids and the model URI."""
     parent = client.create_run(
         experiment_id,
         run_name=f"remote run {folder.run['created']} on {folder.host['device']}",
@@ -369,6 +355,36 @@ def import_run(
         )
         model_uri = uri or model_uri
     client.set_terminated(parent_id, "FINISHED")
+    return parent_id, run_ids, model_uri
+
+
+def import_run(
+    run_dir: Path,
+    paths: ProjectPaths,
+    tracking: TrackingParams,
+    alias: str = "challenger",
+    tolerance: float = MIOU_TOLERANCE,
+    data: DataParams = DataParams(),
+) -> ImportedRun:
+    """Check ``run_dir``, re-evaluate every model on ``paths``' prepared test split (read as ``data``
+    says), then log one MLflow run per architecture and register the best model with ``alias``. Nothing is
+    logged when a check fails."""
+    folder = read_run_folder(run_dir)
+    mlflow.set_tracking_uri(tracking_uri(tracking))
+    client = mlflow.MlflowClient()
+    dataset = folder.run["data"]["dataset"]
+    experiment = experiment_name(dataset)
+    _refuse_repeat(client, experiment, folder)
+    best = folder.best
+    scores, example = reevaluate(folder, paths, data)
+    _check_scores(folder, scores, tolerance)
+    local_miou, recorded = scores[best], folder.metrics[best][METRIC]
+    evidence = {  # what this machine checked, next to what the run recorded
+        name: {**tags, "local_test_miou": f"{scores[name]:.6f}"}
+        for name, tags in evidence_tags(folder, paths).items()
+    }
+    experiment_id = mlflow_experiment_id(client, experiment)
+    parent_id, run_ids, model_uri = _log_runs(client, experiment_id, folder, example, evidence)
     record = {
         **folder.metrics[best],
         "dataset": dataset,

@@ -14,7 +14,7 @@ from torch import nn
 from segpipe import io
 from segpipe.config import Params
 from segpipe.data.cache import load_split
-from segpipe.data.loader import BatchLoader
+from segpipe.data.loader import Loader, make_loader
 from segpipe.data.manifest import DatasetInfo
 from segpipe.figures import prediction_grid_png
 from segpipe.inference import InferenceSettings
@@ -55,14 +55,20 @@ def load_trained(params: Params, paths: ProjectPaths, architecture: str, task: T
     mode.prepare(model)
     run = io.read_json(paths.run_record(architecture, task))
     info = DatasetInfo.load(paths.prepared)
-    if meta.class_names != info.class_names or meta.image_size != info.image_size:
+    expected = info.training_size(params.train.crop)
+    if meta.class_names != info.class_names or meta.image_size != expected:
+        shown = "mixed sizes" if expected is None else list(expected)
         raise ValueError(
             f"{paths.checkpoint(architecture, task)} was trained on classes {list(meta.class_names)} at "
-            f"{list(meta.image_size)} but the prepared data has {list(info.class_names)} at "
-            f"{list(info.image_size)}: "
-            f"re-run the train stage for {architecture}"
+            f"{list(meta.image_size)} but the prepared data and train.crop give {list(info.class_names)} at "
+            f"{shown}: re-run the train stage for {architecture}"
         )
     return TrainedModel(model, meta, run, info, device, mode)
+
+
+def evaluation_loader(params: Params, paths: ProjectPaths, device: torch.device) -> Loader:
+    """The test split in ``evaluate.batch_size`` batches (of one image size each), in memory or streamed."""
+    return make_loader(load_split(paths.prepared, "test"), params.data, params.evaluate.batch_size, device)
 
 
 def _model_figures(
@@ -78,7 +84,7 @@ def _model_figures(
     mode = trained.mode
     return {
         "params_m": round(count_params_m(trained.model), 4),
-        "gflops": round(gflops_per_image(trained.model, *trained.info.image_size), 4),
+        "gflops": round(gflops_per_image(trained.model, *trained.meta.image_size), 4),
         "infer_img_per_s": round(
             inference_images_per_second(
                 trained.model, speed_batch, params.evaluate.speed_runs, mode.precision, mode.channels_last
@@ -119,7 +125,7 @@ def run_evaluate(params: Params, architecture: str, paths: ProjectPaths) -> dict
     run)."""
     trained = load_trained(params, paths, architecture, "segment")
     info = trained.info
-    loader = BatchLoader(load_split(paths.prepared, "test"), params.evaluate.batch_size, trained.device)
+    loader = evaluation_loader(params, paths, trained.device)
     inference = InferenceSettings.from_params(params.evaluate)
     with trained.mode.autocast():
         test_loss, matrix = evaluate_split(
@@ -174,7 +180,7 @@ def run_evaluate_denoise(params: Params, architecture: str, paths: ProjectPaths)
     """Write ``reports/metrics/denoise/<architecture>.json`` (PSNR, SSIM on the corrupted test split, and the
     corrupted input's own scores as the reference) and ``reports/plots/denoise/<architecture>.png``."""
     trained = load_trained(params, paths, architecture, "denoise")
-    loader = BatchLoader(load_split(paths.prepared, "test"), params.evaluate.batch_size, trained.device)
+    loader = evaluation_loader(params, paths, trained.device)
     corruption = Corruption.from_params(params.denoise)
     with trained.mode.autocast():
         scores = reconstruction_scores(trained.model, loader, corruption, params.denoise.loss)

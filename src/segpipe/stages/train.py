@@ -10,7 +10,7 @@ import dataclasses
 import functools
 import hashlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from segpipe import io
 from segpipe.config import ConfigError, Params
 from segpipe.data.cache import load_split
 from segpipe.data.device_augment import DeviceAugmenter
-from segpipe.data.loader import BatchLoader
+from segpipe.data.loader import Loader, make_loader
 from segpipe.data.manifest import DatasetInfo, data_version
 from segpipe.data.validation import require_passed
 from segpipe.models import build_model, build_reconstruction_model, count_params_m
@@ -42,6 +42,7 @@ from segpipe.training.device import (
     seed_everything,
 )
 from segpipe.training.distributed import DistributedContext
+from segpipe.training.initialise import initialise_model
 from segpipe.training.state import SavedState, StateStore
 from segpipe.training.tracker import NullTracker, Tracker
 from segpipe.training.trainer import EpochRecord, Trainer, TrainerSettings, TrainResult
@@ -49,14 +50,26 @@ from segpipe.training.trainer import EpochRecord, Trainer, TrainerSettings, Trai
 IMAGE_CHANNELS = 3  # the prepared cache holds RGB images
 
 
-def check_image_size(architecture: str, output_stride: int, image_size: tuple[int, int]) -> None:
-    """Fail before training when the prepared size does not suit the model's output stride."""
-    if all(side % output_stride == 0 for side in image_size):
+def check_image_size(
+    architecture: str,
+    output_stride: int,
+    image_size: tuple[int, int] | None,
+    crop: tuple[int, int] | None = None,
+) -> None:
+    """Fail before training when the training size (``train.crop``, else the prepared size) does not suit
+    the model's output stride, or when images of different sizes are to be trained on without a crop."""
+    if crop is None and image_size is None:
+        raise ValueError(
+            "the prepared training images have different sizes (prepare.image_size: null): set "
+            "train.crop: [height, width] to train on crops of one size"
+        )
+    size, key = (crop, "train.crop") if crop is not None else (image_size, "prepare.image_size")
+    if all(side % output_stride == 0 for side in size):
         return
-    suggestion = [max(output_stride, round(side / output_stride) * output_stride) for side in image_size]
+    suggestion = [max(output_stride, round(side / output_stride) * output_stride) for side in size]
     raise ValueError(
-        f"{architecture} needs image sides divisible by {output_stride}, but prepare.image_size is "
-        f"{list(image_size)}; set prepare.image_size to e.g. {suggestion}"
+        f"{architecture} needs image sides divisible by {output_stride}, but {key} is "
+        f"{list(size)}; set {key} to e.g. {suggestion}"
     )
 
 
@@ -235,15 +248,22 @@ def model_channels(job: TrainJob) -> int:
 def _build_model(job: TrainJob) -> nn.Module:
     if job.task == "segment":
         model = build_model(job.architecture, job.info.num_classes, options=job.options)
+        initialise_model(model, job.architecture, job.options, job.paths, _dataset_normalisation(job.info))
     else:
         model = build_reconstruction_model(job.architecture, IMAGE_CHANNELS, job.options)
     model = model.to(job.device)
-    check_image_size(job.architecture, model.output_stride, job.info.image_size)
+    check_image_size(job.architecture, model.output_stride, job.info.image_size, job.params.train.crop)
     return model
 
 
-def _loaders(job: TrainJob) -> tuple[BatchLoader, BatchLoader]:
-    """The train loader (shuffled, flipped, augmented, this rank's shard of each batch) and the val loader."""
+def _dataset_normalisation(info: DatasetInfo) -> tuple[Sequence[float], Sequence[float]] | None:
+    """The training split's channel mean and std, which models trained from scratch normalise by."""
+    return None if info.mean is None or info.std is None else (info.mean, info.std)
+
+
+def _loaders(job: TrainJob) -> tuple[Loader, Loader]:
+    """The train loader (shuffled, cropped, flipped, augmented, this rank's shard of each batch) and the val
+    loader (whole images), each in memory or streamed as ``data`` says."""
     settings, info, device, context = job.params.train, job.info, job.device, job.context
     augmenter = None
     if settings.augment.needs_library:
@@ -253,8 +273,9 @@ def _loaders(job: TrainJob) -> tuple[BatchLoader, BatchLoader]:
     device_augmenter = None
     if settings.augment.on_device and settings.augment.needs_transforms:
         device_augmenter = DeviceAugmenter(settings.augment, info.ignore_index, settings.seed, device)
-    train = BatchLoader(
+    train = make_loader(
         load_split(job.paths.prepared, "train"),
+        job.params.data,
         settings.batch_size,
         device,
         shuffle=True,
@@ -266,8 +287,11 @@ def _loaders(job: TrainJob) -> tuple[BatchLoader, BatchLoader]:
         device_augmenter=device_augmenter,
         rank=context.rank,
         world_size=context.world_size,
+        crop=settings.crop,
+        ignore_index=info.ignore_index,
     )
-    return train, BatchLoader(load_split(job.paths.prepared, "val"), settings.batch_size, device)
+    val = make_loader(load_split(job.paths.prepared, "val"), job.params.data, settings.batch_size, device)
+    return train, val
 
 
 def _resume_point(job: TrainJob, config_digest: str) -> tuple[StateStore, SavedState | None]:
@@ -356,10 +380,11 @@ def _run_params(job: TrainJob, model: nn.Module) -> dict[str, object]:
         "schedule": settings.schedule,
         "warmup_epochs": settings.warmup_epochs,
         "seed": settings.seed,
-        "image_size": "x".join(map(str, job.info.image_size)),
+        "image_size": "x".join(map(str, job.info.training_size(job.params.train.crop))),
         "params_m": round(count_params_m(model), 4),
         "precision": job.mode.precision,
         "memory_format": job.mode.memory_format,
+        "init": options.get("init", "scratch"),
         **task_params,
         **{f"model.{key}": value for key, value in options.items()},
     }
@@ -398,16 +423,17 @@ class BestCheckpoint:
             job.options,
             self.out_channels,
             job.info.class_names,
-            job.info.image_size,
+            job.info.training_size(job.params.train.crop),
             record.epoch,
             self.monitor,
             score,
             job.task,
+            normalisation=model.normalisation.record(),
         )
         save_checkpoint(job.paths.checkpoint(job.architecture, job.task), model, meta)
 
 
-def _log_outcome(job: TrainJob, tracker: Tracker, result: TrainResult, val_loader: BatchLoader) -> None:
+def _log_outcome(job: TrainJob, tracker: Tracker, result: TrainResult, val_loader: Loader) -> None:
     """The best score to the run, and the best checkpoint's model with an input example."""
     tracker.log_metrics(
         {
@@ -416,9 +442,8 @@ def _log_outcome(job: TrainJob, tracker: Tracker, result: TrainResult, val_loade
             "train_seconds": result.seconds,
         }
     )
-    tracker.log_model(
-        job.paths.checkpoint(job.architecture, job.task), val_loader.images[:1].float().div(255).cpu().numpy()
-    )
+    example = next(iter(val_loader))[0][:1]  # the val split's first image
+    tracker.log_model(job.paths.checkpoint(job.architecture, job.task), example.cpu().numpy())
 
 
 def _write_records(job: TrainJob, tracker: Tracker, result: TrainResult) -> None:

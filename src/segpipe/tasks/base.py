@@ -7,7 +7,7 @@ from typing import Literal, Protocol
 import torch
 from torch import nn
 
-from segpipe.data.loader import BatchLoader
+from segpipe.data.loader import Loader
 
 TaskName = Literal["segment", "denoise"]
 
@@ -29,7 +29,7 @@ class Task(Protocol):
         """Mean loss of a batch, a 0-dim tensor on the device."""
         ...
 
-    def validate(self, model: nn.Module, loader: BatchLoader) -> dict[str, float]:
+    def validate(self, model: nn.Module, loader: Loader) -> dict[str, float]:
         """``val_loss``, ``monitor`` and any other validation metrics over a whole split."""
         ...
 

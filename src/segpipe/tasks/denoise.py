@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segpipe.config import DenoiseParams
-from segpipe.data.loader import BatchLoader
+from segpipe.data.loader import Loader
 from segpipe.tasks.corruption import CorruptionKind, corrupt
 from segpipe.tasks.quality import psnr, ssim
 
@@ -59,7 +59,7 @@ def reconstruction_loss(
 
 @torch.no_grad()
 def reconstruction_scores(
-    model: nn.Module | None, loader: BatchLoader, corruption: Corruption, loss: ReconstructionLoss = "l1"
+    model: nn.Module | None, loader: Loader, corruption: Corruption, loss: ReconstructionLoss = "l1"
 ) -> dict[str, float]:
     """Mean loss, PSNR and SSIM over a split corrupted with :data:`EVALUATION_SEED`.
 
@@ -67,7 +67,7 @@ def reconstruction_scores(
     """
     if model is not None:
         model.eval()
-    device = loader.images.device
+    device = loader.device
     generator = evaluation_generator(device)
     totals = torch.zeros(3, device=device)
     for images, _ in loader:
@@ -107,7 +107,7 @@ class DenoiseTask:
             return F.mse_loss(outputs, targets)
         return reconstruction_loss(outputs, targets, self.loss_kind).mean()
 
-    def validate(self, model: nn.Module, loader: BatchLoader) -> dict[str, float]:
+    def validate(self, model: nn.Module, loader: Loader) -> dict[str, float]:
         scores = reconstruction_scores(model, loader, self.corruption, self.loss_kind)
         return {f"val_{key}": value for key, value in scores.items()}
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from segpipe.data.loader import BatchLoader
+from segpipe.data.loader import Loader
 from segpipe.inference import WHOLE, InferenceSettings, predict_logits
 from segpipe.metrics import ConfusionMatrix, metrics_from_confusion
 
@@ -16,7 +16,7 @@ from segpipe.metrics import ConfusionMatrix, metrics_from_confusion
 @torch.no_grad()
 def evaluate_split(
     model: nn.Module,
-    loader: BatchLoader,
+    loader: Loader,
     num_classes: int,
     ignore_index: int,
     inference: InferenceSettings = WHOLE,
@@ -24,7 +24,7 @@ def evaluate_split(
     """Mean per-pixel cross-entropy and the confusion matrix over a whole split (one host sync at the end),
     of the logits ``inference`` gives."""
     model.eval()
-    device = loader.masks.device
+    device = loader.device
     confusion = ConfusionMatrix(num_classes, ignore_index, device)
     loss_sum = torch.zeros((), device=device)
     pixels = torch.zeros((), device=device, dtype=torch.int64)
@@ -63,7 +63,7 @@ class SegmentTask:
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self._criterion(outputs, targets)
 
-    def validate(self, model: nn.Module, loader: BatchLoader) -> dict[str, float]:
+    def validate(self, model: nn.Module, loader: Loader) -> dict[str, float]:
         loss, matrix = evaluate_split(model, loader, self.num_classes, self.ignore_index)
         return {"val_loss": loss, "val_miou": metrics_from_confusion(matrix).miou}
 

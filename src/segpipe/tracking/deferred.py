@@ -42,6 +42,11 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def dataset_call(dataset: Mapping[str, object]) -> dict[str, object]:
+    """The call record that logs a run's dataset input (see :mod:`segpipe.tracking.dataset`)."""
+    return {"op": "log_input", "dataset": dict(dataset)}
+
+
 def deferred_spool_path(run_name: str, run_key: str, directory: Path | None = None) -> Path:
     """``<spool dir>/<run name>-<run key>.jsonl``: a resumed training finds its run's spool again by the
     key."""
@@ -98,6 +103,9 @@ class SpoolTracker:
                 "timestamp": now_ms(),
             }
         )
+
+    def log_dataset(self, dataset: Mapping[str, object]) -> None:
+        self.spool.append(dataset_call(dataset))
 
     def log_model(self, checkpoint: Path, input_example: np.ndarray) -> None:
         """Copy the checkpoint pair into the spool; it is logged when the spool is sent."""

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import sys
+import threading
 import time
 import urllib.parse
 import uuid
@@ -39,11 +40,13 @@ from segpipe.tracking.context import (
     project_root,
 )
 from segpipe.tracking.deferred import (
+    dataset_call,
     now_ms,
     spool_checkpoint,
     spooled_checkpoint,
     start_record,
 )
+from segpipe.tracking.mlflow_dataset import log_dataset_input
 from segpipe.tracking.redact import redact_uri
 from segpipe.tracking.spool import (
     Progress,
@@ -125,6 +128,9 @@ class MlflowTracker:
         batch = [Metric(key, float(value), now, step or 0) for key, value in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
+    def log_dataset(self, dataset: Mapping[str, object]) -> None:
+        log_dataset_input(self.client, self.run_id, dataset)
+
     def log_model(self, checkpoint: Path, input_example: np.ndarray) -> str:
         """Log the checkpoint pair as the run's model (see :mod:`segpipe.serving.logged`); return its URI."""
         return log_checkpoint_model(self.run_id, Path(checkpoint), input_example.shape[1])
@@ -179,6 +185,8 @@ class RunWriter:
                         for key, value in call["metrics"].items()
                     ]
                     self.client.log_batch(self._run_id(), metrics=metrics)
+                case "log_input":
+                    log_dataset_input(self.client, self._run_id(), call["dataset"])
                 case "log_checkpoint" if models_dir is not None:
                     self._log_model(spooled_checkpoint(models_dir, call), int(call["channels"]))
                 case "log_model" | "log_torch_model" if models_dir is not None:
@@ -265,6 +273,7 @@ class BufferedTracker:
         self.tags = dict(tags)
         self.writer = RunWriter(mlflow.MlflowClient(uri), Progress())
         self._last_failure = -math.inf
+        self._sending = threading.Lock()  # system metrics are logged from a second thread
 
     @property
     def run_id(self) -> str | None:
@@ -292,16 +301,20 @@ class BufferedTracker:
         }
         self._call(call, retry_now=True)
 
+    def log_dataset(self, dataset: Mapping[str, object]) -> None:
+        self._call(dataset_call(dataset))
+
     def log_model(self, checkpoint: Path, input_example: np.ndarray) -> str | None:
         """Log the checkpoint pair as the run's model; while the server is unreachable, copy it into the spool
         and return None."""
         checkpoint = Path(checkpoint)
-        if self._caught_up(retry_now=False) and self._attempt(
-            lambda: self.writer.log_model(checkpoint, int(input_example.shape[1]))
-        ):
-            return self.model_uri
-        self.spool.append(spool_checkpoint(self.spool, checkpoint, input_example))
-        return None
+        with self._sending:
+            if self._caught_up(retry_now=False) and self._attempt(
+                lambda: self.writer.log_model(checkpoint, int(input_example.shape[1]))
+            ):
+                return self.model_uri
+            self.spool.append(spool_checkpoint(self.spool, checkpoint, input_example))
+            return None
 
     def start(self, call: dict[str, object]) -> None:
         self._call(call, retry_now=True)
@@ -319,9 +332,10 @@ class BufferedTracker:
             )
 
     def _call(self, call: dict[str, object], retry_now: bool = False) -> None:
-        if self._caught_up(retry_now) and self._attempt(lambda: self.writer.apply(call)):
-            return
-        self.spool.append(call)
+        with self._sending:
+            if self._caught_up(retry_now) and self._attempt(lambda: self.writer.apply(call)):
+                return
+            self.spool.append(call)
 
     def _caught_up(self, retry_now: bool) -> bool:
         """Whether nothing is waiting in the spool, after trying to send it when a retry is due."""

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,11 +112,12 @@ class Progress:
 
 class Spool:
     """One run's spool file; the process that writes it holds an exclusive lock on it, so a concurrent
-    ``segpipe sync`` leaves it alone."""
+    ``segpipe sync`` leaves it alone. Records appended from several threads stay whole."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file: IO[str] | None = None
+        self._writing = threading.Lock()
 
     @property
     def models_dir(self) -> Path:
@@ -162,9 +164,10 @@ class Spool:
 
     def _write(self, text: str) -> None:
         assert self._file is not None, "create() or lock() the spool first"
-        self._file.write(text)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        with self._writing:
+            self._file.write(text)
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def record_progress(self, progress: Progress) -> None:
         self.append({"progress": dataclasses.asdict(progress)})

@@ -6,6 +6,7 @@ built here does the latter, so links work for experiments made before segpipe ta
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from segpipe.tracking.context import PIPELINE_TAG, experiment_name
 
 TRAINING_VIEW = {"workflowType": "machine_learning"}
 """Query that opens an experiment route in MLflow's "Model training" view."""
+RANKING_METRIC = "test_miou"
+"""What the printed runs page sorts by, best first (the leaderboard's default metric)."""
 HEALTH_TIMEOUT_S = 60.0
 
 
@@ -40,31 +43,75 @@ def nested_runs_filter(parent_run_id: str, task: str = "segment") -> str:
 
 
 def runs_url(base: str, experiment_id: str, parent_run_id: str | None = None) -> str:
-    """The runs page of an experiment in the training view; with ``parent_run_id``, filtered to that pipeline
-    execution's segmentation runs (the UI keeps row expansion out of the URL, a search filter is not)."""
+    """The runs page of an experiment in the training view; with ``parent_run_id``, that pipeline execution's
+    segmentation runs as a flat list, best :data:`RANKING_METRIC` first (sorted by anything but the start
+    time, the UI neither fetches nor nests under the parent run, whose expansion is not URL state)."""
     query = dict(TRAINING_VIEW)
     if parent_run_id:
-        query["searchFilter"] = nested_runs_filter(parent_run_id)
+        query |= {
+            "searchFilter": nested_runs_filter(parent_run_id),
+            "orderByKey": f"metrics.`{RANKING_METRIC}`",
+            "orderByAsc": "false",
+        }
     route = f"/#/experiments/{urllib.parse.quote(experiment_id)}/runs"
     return f"{base.rstrip('/')}{route}?{urllib.parse.urlencode(query, quote_via=urllib.parse.quote)}"
 
 
-def dataset_runs_url(base: str, tracking_uri: str, dataset: str) -> str:
-    """The runs page of ``segpipe-<dataset>`` in store ``tracking_uri``, showing its latest pipeline
-    execution's runs; the experiment list when the dataset has no experiment yet."""
+def compare_url(base: str, experiment_id: str, run_ids: list[str]) -> str:
+    """The UI's compare page of ``run_ids`` (parallel coordinates, scatter plots, params and metrics side by
+    side), in the training view."""
+    query = {
+        "runs": json.dumps(run_ids, separators=(",", ":")),
+        "experiments": json.dumps([experiment_id]),
+        **TRAINING_VIEW,
+    }
+    return f"{base.rstrip('/')}/#/compare-runs?{urllib.parse.urlencode(query, quote_via=urllib.parse.quote)}"
+
+
+@dataclass(frozen=True)
+class LatestPipeline:
+    """A dataset's experiment and its latest pipeline execution: the parent run and its segmentation runs,
+    best first."""
+
+    experiment_id: str
+    parent_run_id: str | None
+    run_ids: list[str]
+
+
+def latest_pipeline(tracking_uri: str, dataset: str) -> LatestPipeline | None:
+    """The latest pipeline execution in ``segpipe-<dataset>`` (None: no such experiment)."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(experiment_name(dataset))
     if experiment is None:
-        return experiments_url(base)
-    latest = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`{PIPELINE_TAG}` != ''",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
+        return None
+    ids = [experiment.experiment_id]
+    parents = client.search_runs(
+        ids, f"tags.`{PIPELINE_TAG}` != ''", order_by=["attributes.start_time DESC"], max_results=1
     )
-    return runs_url(base, experiment.experiment_id, latest[0].info.run_id if latest else None)
+    if not parents:
+        return LatestPipeline(experiment.experiment_id, None, [])
+    parent = parents[0].info.run_id
+    runs = client.search_runs(ids, nested_runs_filter(parent), order_by=[f"metrics.`{RANKING_METRIC}` DESC"])
+    return LatestPipeline(experiment.experiment_id, parent, [run.info.run_id for run in runs])
+
+
+def dataset_runs_url(base: str, tracking_uri: str, dataset: str) -> str:
+    """The runs page of ``segpipe-<dataset>`` in store ``tracking_uri``, showing its latest pipeline
+    execution's runs; the experiment list when the dataset has no experiment yet."""
+    latest = latest_pipeline(tracking_uri, dataset)
+    if latest is None:
+        return experiments_url(base)
+    return runs_url(base, latest.experiment_id, latest.parent_run_id)
+
+
+def dataset_compare_url(base: str, tracking_uri: str, dataset: str) -> str | None:
+    """The compare page of the latest pipeline execution's segmentation runs (None: no such runs)."""
+    latest = latest_pipeline(tracking_uri, dataset)
+    if latest is None or not latest.run_ids:
+        return None
+    return compare_url(base, latest.experiment_id, latest.run_ids)
 
 
 @dataclass(frozen=True)
@@ -120,12 +167,14 @@ def serve_ui(server: UiServer, dataset: str | None) -> int:
     """Start the server, print where to look, and run until Ctrl-C; the server's exit status."""
     process = server.start()
     try:
-        url = (
-            dataset_runs_url(server.base_url, server.tracking_uri, dataset)
-            if dataset
-            else experiments_url(server.base_url)
-        )
-        print(f"MLflow UI: {url}\n(Ctrl-C stops it)", flush=True)
+        if dataset:
+            print(f"MLflow UI: {dataset_runs_url(server.base_url, server.tracking_uri, dataset)}")
+            compare = dataset_compare_url(server.base_url, server.tracking_uri, dataset)
+            if compare:
+                print(f"Compare: {compare}")
+        else:
+            print(f"MLflow UI: {experiments_url(server.base_url)}")
+        print("(Ctrl-C stops it)", flush=True)
         return process.wait()
     except KeyboardInterrupt:
         return 0

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from segpipe.data.loader import BatchLoader
+from segpipe.data.loader import Loader
 from segpipe.tasks import Task
 from segpipe.training import distributed
 from segpipe.training.device import ComputeMode, Precision
@@ -142,8 +142,8 @@ class Trainer:
     def fit(
         self,
         model: nn.Module,
-        train_loader: BatchLoader,
-        val_loader: BatchLoader,
+        train_loader: Loader,
+        val_loader: Loader,
         resume: SavedState | None = None,
     ) -> TrainResult:
         """Train ``model`` (from ``resume`` where given) and return the epochs' record."""
@@ -157,7 +157,7 @@ class Trainer:
         self.result.seconds += time.perf_counter() - self.started
         return self.result
 
-    def _check_replica(self, model: nn.Module, train_loader: BatchLoader) -> None:
+    def _check_replica(self, model: nn.Module, train_loader: Loader) -> None:
         context = self.context
         replicas = (isinstance(model, DistributedDataParallel), train_loader.rank, train_loader.world_size)
         if replicas != (context.is_distributed, context.rank, context.world_size):
@@ -166,11 +166,11 @@ class Trainer:
                 f"with distributed.wrap_model and shard the train loader with the same rank and world size"
             )
 
-    def _setup(self, model: nn.Module, train_loader: BatchLoader) -> None:
+    def _setup(self, model: nn.Module, train_loader: Loader) -> None:
         """Model views, optimizer, schedule and the counters of a fresh run."""
         settings = self.settings
         self.model, self.plain = model, distributed.unwrap(model)
-        self.device = train_loader.images.device
+        self.device = train_loader.device
         self.mode = ComputeMode(self.device, settings.precision, settings.channels_last)
         self.mode.prepare(model)
         self.forward = torch.compile(model) if settings.compile else model
@@ -244,7 +244,7 @@ class Trainer:
     def global_step(self, epoch: int, batch: int) -> int:
         return (epoch - 1) * self.steps_per_epoch + batch
 
-    def run_epoch(self, epoch: int, train_loader: BatchLoader, val_loader: BatchLoader) -> None:
+    def run_epoch(self, epoch: int, train_loader: Loader, val_loader: Loader) -> None:
         """Train, validate, report, keep the best model, save the state."""
         epoch_start = time.perf_counter()
         # the epoch's starting rate, also when resumed mid-epoch
@@ -264,7 +264,7 @@ class Trainer:
         if self.on_epoch_end is not None and self.context.is_main:
             self.on_epoch_end(self.result)
 
-    def train_loop(self, epoch: int, loader: BatchLoader) -> float:
+    def train_loop(self, epoch: int, loader: Loader) -> float:
         """One epoch of training steps (from the resumed batch in the resumed epoch); the mean train loss."""
         self.epoch_first_batch = self.first_batch if epoch == self.first_epoch else 0
         if epoch != self.first_epoch:
@@ -289,7 +289,7 @@ class Trainer:
             and batch < self.steps_per_epoch
         )
 
-    def _progress(self, loader: BatchLoader, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _progress(self, loader: Loader, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return tqdm(
             loader.batches(self.epoch_first_batch),
             desc=f"{self.settings.label} epoch {epoch}/{self.settings.epochs}",
@@ -340,7 +340,7 @@ class Trainer:
             f"check the data for broken samples, or use train.precision: fp32"
         )
 
-    def val_loop(self, loader: BatchLoader) -> dict[str, float]:
+    def val_loop(self, loader: Loader) -> dict[str, float]:
         """The task's validation metrics of the plain model (every rank holds the main rank's buffers)."""
         distributed.broadcast_buffers(self.model, self.context)
         with self.mode.autocast():

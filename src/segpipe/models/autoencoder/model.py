@@ -30,4 +30,4 @@ class Autoencoder(SegmentationModel):
         encoder = AutoencoderEncoder(in_channels, widths, bottleneck, config.batch_norm)
         decoder = AutoencoderDecoder(bottleneck, widths, config.upsample, config.batch_norm)
         head = nn.Conv2d(base, out_channels, kernel_size=1)
-        super().__init__(encoder, decoder, head, output_stride=2**depth)
+        super().__init__(encoder, decoder, head, output_stride=2**depth, in_channels=in_channels)

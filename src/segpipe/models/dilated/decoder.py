@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from segpipe.models.dilated.config import DilatedUpsample
+from segpipe.models.upsampling import StridedConvTranspose2d
 
 
 def conv_norm_relu(conv: nn.Conv2d | nn.ConvTranspose2d, batch_norm: bool) -> nn.Sequential:
@@ -45,7 +46,7 @@ def upsampler(
     interpolation then a 3×3 conv, or a transposed conv (kernel 2·factor, stride factor)."""
     if mode == "transpose":
         return conv_norm_relu(
-            nn.ConvTranspose2d(
+            StridedConvTranspose2d(
                 in_channels,
                 out_channels,
                 2 * factor,

@@ -36,4 +36,4 @@ class DilatedNet(SegmentationModel):
             config.batch_norm,
         )
         head = nn.Conv2d(config.base_channels, num_classes, kernel_size=1)
-        super().__init__(encoder, decoder, head, output_stride=stride)
+        super().__init__(encoder, decoder, head, output_stride=stride, in_channels=in_channels)

@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from segpipe.models.upsampling import StridedConvTranspose2d
+
 
 def bilinear_kernel(channels: int, kernel_size: int) -> torch.Tensor:
     """Weights [channels, channels, k, k] that make a transposed conv upsample each channel
@@ -15,7 +17,7 @@ def bilinear_kernel(channels: int, kernel_size: int) -> torch.Tensor:
     return weight
 
 
-class BilinearUpsample(nn.ConvTranspose2d):
+class BilinearUpsample(StridedConvTranspose2d):
     """Learnable ×``factor`` upsampling, initialised to bilinear interpolation.
 
     Kernel 2·factor, stride factor, padding factor/2: the output is exactly ``factor`` times the

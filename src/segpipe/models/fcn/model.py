@@ -35,4 +35,4 @@ class FCN(SegmentationModel):
         )
         decoder = FCNDecoder(encoder.out_channels, num_classes, variant)
         head = BilinearUpsample(num_classes, factor=variant)
-        super().__init__(encoder, decoder, head, output_stride=32)
+        super().__init__(encoder, decoder, head, output_stride=32, in_channels=in_channels)

@@ -28,4 +28,4 @@ class SegNet(SegmentationModel):
         encoder = SegNetEncoder(in_channels, widths, num_convs, config.batch_norm)
         decoder = SegNetDecoder(widths, num_convs, config.upsample, config.batch_norm)
         head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
-        super().__init__(encoder, decoder, head, output_stride=2**config.blocks)
+        super().__init__(encoder, decoder, head, output_stride=2**config.blocks, in_channels=in_channels)

@@ -1,10 +1,11 @@
 """Options of the segmentation_models_pytorch baselines ``smp_unet``, ``smp_fpn`` and
-``smp_deeplabv3plus``; each field maps 1:1 onto the smp constructor's argument."""
+``smp_deeplabv3plus``: the decoder fields map 1:1 onto the smp constructor's arguments; ``encoder_weights*``
+and ``init`` say how the encoder starts (:mod:`segpipe.training.initialise`)."""
 
 import difflib
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from segpipe.models.options import ModelConfig
 
@@ -35,8 +36,17 @@ class SmpConfig(ModelConfig):
     """Options shared by the smp baselines."""
 
     encoder: str = "resnet18"
-    """An smp encoder (``smp.encoders.get_encoder_names()``) or ``tu-<timm model>``; always
-    randomly initialised."""
+    """An smp encoder (``smp.encoders.get_encoder_names()``) or ``tu-<timm model>``; randomly initialised
+    unless ``encoder_weights``, ``encoder_weights_file`` or ``init: pretrain`` says otherwise."""
+    encoder_weights: str | None = None
+    """Pretrained weights smp downloads at the start of training (e.g. ``imagenet``); inputs are then
+    normalised with the ImageNet mean and std."""
+    encoder_weights_file: str | None = None
+    """A local ``.safetensors`` file of the encoder's state dict, loaded strictly (never a pickle); inputs
+    are then normalised with the ImageNet mean and std."""
+    encoder_weights_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    """The sha256 of ``encoder_weights_file`` (required with it): a changed file is refused, and a new hash
+    here makes DVC re-run the training."""
 
     @field_validator("encoder")
     @classmethod
@@ -50,6 +60,30 @@ class SmpConfig(ModelConfig):
             + (f"; did you mean {', '.join(close)}?" if close else "")
             + " Use a name from smp.encoders.get_encoder_names() or 'tu-<timm model>'."
         )
+
+    @model_validator(mode="after")
+    def _one_encoder_source(self) -> "SmpConfig":
+        sources = [
+            name
+            for name, given in (
+                ("encoder_weights", self.encoder_weights is not None),
+                ("encoder_weights_file", self.encoder_weights_file is not None),
+                ("init: pretrain", self.init == "pretrain"),
+            )
+            if given
+        ]
+        if len(sources) > 1:
+            raise ValueError(f"{' and '.join(sources)} both initialise the encoder; keep one")
+        if (self.encoder_weights_file is None) != (self.encoder_weights_sha256 is None):
+            raise ValueError(
+                "encoder_weights_file and encoder_weights_sha256 go together: give the file's sha256 "
+                "(`sha256sum <file>`) so that DVC re-runs the training when the file changes"
+            )
+        return self
+
+    def decoder_options(self) -> dict[str, Any]:
+        """The smp constructor's keyword arguments besides the encoder's name and weights."""
+        return self.model_dump(exclude=set(SmpConfig.model_fields))
 
 
 class SmpUnetConfig(SmpConfig):

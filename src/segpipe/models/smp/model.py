@@ -1,9 +1,10 @@
-"""segmentation_models_pytorch baselines behind segpipe's interface, always randomly initialised
-(nothing is downloaded)."""
+"""segmentation_models_pytorch baselines behind segpipe's interface, built randomly initialised (nothing is
+downloaded); :mod:`segpipe.training.initialise` loads pretrained encoder weights where the options ask."""
 
 from typing import Literal
 
 import torch
+from torch import nn
 
 from segpipe.models.base import SegmentationNetwork
 from segpipe.models.smp.config import SmpConfig
@@ -12,9 +13,10 @@ SmpArchitecture = Literal["Unet", "FPN", "DeepLabV3Plus"]
 
 
 class SmpModel(SegmentationNetwork):
-    """A randomly initialised ``smp.<architecture>`` (``encoder_weights=None``) with segpipe's
-    shape check and ``output_stride``: the encoder's, or 1 where smp accepts any size (smp.Unet in
-    0.6). State-dict keys are the smp model's, prefixed with ``network.``.
+    """A randomly initialised ``smp.<architecture>`` (``encoder_weights=None``) with segpipe's input
+    normalisation, shape check and ``output_stride``: the encoder's, or 1 where smp accepts any size
+    (smp.Unet in 0.6). State-dict keys are the smp model's, prefixed with ``network.``, and
+    ``normalisation.mean`` / ``normalisation.std``.
 
     Args:
         num_classes: Output channels (logits per class).
@@ -31,12 +33,15 @@ class SmpModel(SegmentationNetwork):
             encoder_weights=None,
             in_channels=in_channels,
             classes=num_classes,
-            **config.model_dump(exclude={"encoder"}),
+            **config.decoder_options(),
         )
         divisible = network.requires_divisible_input_shape
-        super().__init__(output_stride=network.encoder.output_stride if divisible else 1)
+        super().__init__(network.encoder.output_stride if divisible else 1, in_channels)
         self.network = network
+
+    def encoder_module(self) -> nn.Module:
+        return self.network.encoder
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input_shape(x)
-        return self.network(x)
+        return self.network(self.normalisation(x))

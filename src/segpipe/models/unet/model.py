@@ -22,4 +22,4 @@ class UNet(SegmentationModel):
         encoder = UNetEncoder(in_channels, config.base_channels, config.depth, config.batch_norm)
         decoder = UNetDecoder(encoder.out_channels, config.upsample, config.batch_norm)
         head = nn.Conv2d(config.base_channels, num_classes, kernel_size=1)
-        super().__init__(encoder, decoder, head, output_stride=2**config.depth)
+        super().__init__(encoder, decoder, head, output_stride=2**config.depth, in_channels=in_channels)

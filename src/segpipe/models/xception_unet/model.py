@@ -30,4 +30,6 @@ class XceptionUNet(SegmentationModel):
         encoder = XceptionEncoder(in_channels, config.entry_channels, encoder_channels)
         decoder = XceptionDecoder(encoder_channels[-1], decoder_channels)
         head = nn.Conv2d(decoder_channels[-1], num_classes, 3, padding=1)
-        super().__init__(encoder, decoder, head, output_stride=2 ** (1 + len(encoder_channels)))
+        super().__init__(
+            encoder, decoder, head, output_stride=2 ** (1 + len(encoder_channels)), in_channels=in_channels
+        )
