@@ -185,7 +185,7 @@ def fitting_epochs(params: Params, paths: ProjectPaths, minutes: float) -> tuple
         merge(params.model_dump(by_alias=True), {"train": {"epochs": 1, "warmup_epochs": 0}})
     )
     seconds = run_train(one_epoch, params.train.architectures[0], paths, progress=False).seconds
-    return max(1, int(minutes * 60 // seconds)), seconds
+    return max(params.train.warmup_epochs + 1, int(minutes * 60 // seconds)), seconds
 
 
 def evaluate_segpipe(params: Params, paths: ProjectPaths) -> dict[str, np.ndarray]:

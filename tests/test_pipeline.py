@@ -255,9 +255,6 @@ def test_mlflow_ui_compare_page_lines_up_the_architectures(project, mlflow_serve
         assert name in page.stdout, f"{name} not on the compare page"
     assert "test_miou" in page.stdout
     assert "corruption" not in page.stdout  # no denoising parameters among the segmentation runs
-    screenshot = ROOT / "reports" / "mlflow_compare.png"
-    shot = headless_chromium("--window-size=1600,1100", f"--screenshot={screenshot}", url)
-    assert shot.returncode == 0 and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
 
 
 def test_second_repro_runs_nothing(project):

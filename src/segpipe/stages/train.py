@@ -31,6 +31,8 @@ from segpipe.tasks import Task, TaskName
 from segpipe.tasks.denoise import Corruption, DenoiseTask
 from segpipe.tasks.losses import segmentation_loss
 from segpipe.tasks.segment import SegmentTask
+from segpipe.tracking.dataset import log_training_data
+from segpipe.tracking.system_metrics import system_metrics
 from segpipe.training import distributed
 from segpipe.training.checkpoint import CheckpointMeta, save_checkpoint
 from segpipe.training.curves import write_curves
@@ -218,8 +220,12 @@ def _train(job: TrainJob, progress: bool) -> TrainResult:
     config_digest = hashlib.sha256(f"{data_hash}:{job.params.model_dump_json()}".encode()).hexdigest()
     states, resume = _resume_point(job, config_digest)
     run_key = (resume.run_key if resume else None) or uuid.uuid4().hex
-    with _job_tracking(job, data_hash, config_digest, run_key) as tracker:
+    with (
+        _job_tracking(job, data_hash, config_digest, run_key) as tracker,
+        system_metrics(tracker, job.params.tracking),
+    ):
         tracker.log_params(_run_params(job, model))
+        log_training_data(tracker, job.paths.prepared, job.paths.root / "dvc.lock")
         if job.class_weights is not None and job.context.is_main and progress:
             print(f"{job.label}: class weights ({_class_weighting(job)}) {_weights_text(job.class_weights)}")
         trainer = Trainer(
