@@ -151,7 +151,7 @@ def train_epoch(prepared: Path, workers: int, batch_size: int, device_name: str,
     from segpipe.data.manifest import DatasetInfo
     from segpipe.models import build_model
     from segpipe.tasks.segment import SegmentTask
-    from segpipe.training.device import resolve_device
+    from segpipe.training.device import ComputeMode, resolve_device
     from segpipe.training.trainer import Trainer, TrainerSettings
 
     device = resolve_device(device_name)
@@ -170,7 +170,9 @@ def train_epoch(prepared: Path, workers: int, batch_size: int, device_name: str,
     val = make_loader(load_split(prepared, "val"), data, batch_size, device)
     torch.manual_seed(0)
     model = build_model("unet", info.num_classes, options=MODEL_OPTIONS).to(device)
-    trainer = Trainer(SegmentTask(info.num_classes, info.ignore_index), TrainerSettings(1, 2e-3, 1e-4))
+    mode = ComputeMode.resolve(device)  # bf16 + channels_last where the hardware has it, as precision: auto
+    settings = TrainerSettings(1, 2e-3, 1e-4, precision=mode.precision, channels_last=mode.channels_last)
+    trainer = Trainer(SegmentTask(info.num_classes, info.ignore_index), settings)
     record = trainer.fit(model, train, val).history[0]
     rate = len(train) * batch_size / record.train_seconds
     print(f"{type(train).__name__}: {rate:.1f} training images/s")
@@ -197,7 +199,8 @@ def scale(args: argparse.Namespace) -> None:
     rows[2]["train_images_per_second"] = round(rate, 1)
     setting = (
         f"{args.images} synthetic images of {args.size}×{args.size} (cache {cache_bytes / 2**30:.2f} GiB), "
-        f"unet {MODEL_OPTIONS}, batch {args.batch_size}, {args.workers} workers, device {args.device}"
+        f"unet {MODEL_OPTIONS}, batch {args.batch_size}, {args.workers} workers, device {args.device} "
+        "(bf16 autocast where the hardware has it, as `precision: auto`)"
     )
     write_report(args.out / "scale", "Scale: prepare and one streaming training epoch", setting, rows)
 
