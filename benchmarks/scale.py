@@ -1,16 +1,16 @@
 """Benchmark: memory and time of a dataset larger than memory, and streaming against in-memory throughput.
 
     python benchmarks/scale.py --images 20000 --size 256 [--workers 2] [--batch-size 16] [--device auto]
-    python benchmarks/scale.py --throughput [--rounds 3] [--throughput-size 360 480] [--throughput-images 367]
+    python benchmarks/scale.py --throughput [--rounds 3] [--throughput-size 352 480] [--throughput-images 367]
 
 Scale mode writes a synthetic folder dataset of ``--images`` PNG pairs (90 % train, 5 % val, 5 % test) to a
 temporary folder, runs segpipe's ``prepare`` on it, then trains one epoch of a small U-Net (base_channels 8)
 on the streaming path (``data.in_memory: false``). Each phase runs in its own process; its wall time and
 peak resident memory are measured as the largest single process (``wait4``'s ``ru_maxrss``) and as the
 proportional set size summed over the process tree, loader workers included (sampled every 0.2 s).
-Throughput mode trains the same model on a CamVid-sized split (367 images of 360×480), alternating rounds
-of the in-memory and the streaming path. Results go to ``reports/benchmarks/scale.{md,csv}`` (throughput:
-``scale_throughput.{md,csv}``).
+Throughput mode trains the same model on a CamVid-sized split (367 images of 352×480: sides divisible by 32),
+alternating rounds of the in-memory and the streaming path. Results go to
+``reports/benchmarks/scale.{md,csv}`` (throughput: ``scale_throughput.{md,csv}``).
 """
 
 from __future__ import annotations
@@ -285,7 +285,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--throughput", action="store_true", help="streaming vs in-memory throughput")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--throughput-size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
+    parser.add_argument("--throughput-size", type=int, nargs=2, default=[352, 480], metavar=("H", "W"))
     parser.add_argument("--throughput-images", type=int, default=367)
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks")
     parser.add_argument("--phase", choices=["write", "prepare", "train"], help=argparse.SUPPRESS)
