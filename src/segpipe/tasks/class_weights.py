@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
 
-from segpipe.data.manifest import class_pixel_columns, read_manifest
+from segpipe.data.manifest import MANIFEST_FILE, class_pixel_columns
 
 
 def median_frequency_weights(counts: np.ndarray) -> np.ndarray:
@@ -39,9 +40,12 @@ SCHEMES = {
 
 
 def training_pixel_counts(prepared_dir: Path, num_classes: int) -> np.ndarray:
-    """Per-image class pixel counts ``[images, classes]`` of the training split (the prepared manifest)."""
-    manifest = read_manifest(prepared_dir)
-    return manifest.loc[manifest["split"] == "train", class_pixel_columns(num_classes)].to_numpy()
+    """Per-image class pixel counts ``[images, classes]`` of the training split (the prepared manifest; read
+    with the csv module, as training hosts need not have pandas)."""
+    columns = class_pixel_columns(num_classes)
+    with (Path(prepared_dir) / MANIFEST_FILE).open(newline="", encoding="utf-8") as handle:
+        rows = [[float(row[c]) for c in columns] for row in csv.DictReader(handle) if row["split"] == "train"]
+    return np.array(rows, dtype=np.float64).reshape(-1, num_classes)
 
 
 def class_weights_for(scheme: str, prepared_dir: Path, num_classes: int) -> list[float]:
