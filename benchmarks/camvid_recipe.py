@@ -42,6 +42,8 @@ from segpipe.data.validation import validate_prepared
 from segpipe.inference import InferenceSettings, predict_logits
 from segpipe.metrics import metrics_from_confusion
 from segpipe.paths import ProjectPaths
+from segpipe.recipes import merge
+from segpipe.stages.pretrain import run_pretrain
 from segpipe.stages.train import run_train
 from segpipe.training.checkpoint import load_checkpoint
 from segpipe.training.device import ComputeMode, describe_device
@@ -148,24 +150,26 @@ def predict_plain(model: Any, images: torch.Tensor) -> Iterator[np.ndarray]:
 # ---------------------------------------------------------------- segpipe
 
 
-def merge(base: dict, overlay: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+def merged(base: dict, *overlays: dict) -> dict:
+    """A copy of ``base`` with ``overlays`` written into it, in order."""
+    result = copy.deepcopy(base)
+    for overlay in overlays:
+        merge(result, overlay)
+    return result
 
 
 def recipe_params(recipe: Path, root: Path, overlays: list[dict], epochs: int | None = None) -> Params:
-    raw = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), yaml.safe_load(recipe.read_text()))
-    for overlay in overlays:
-        raw = merge(raw, overlay)
-    raw = merge(raw, {"prepare": {"root": str(root)}, "tracking": {"enabled": False}})
+    """The project's params with ``recipe`` and ``overlays`` on top: one architecture, CamVid from ``root``,
+    no tracking, no resume, no pretraining unless an overlay asks."""
+    raw = merged(
+        yaml.safe_load((ROOT / "params.yaml").read_text()),
+        yaml.safe_load(recipe.read_text()),
+        {"pretrain": {"architectures": []}},
+        *overlays,
+        {"prepare": {"root": str(root)}, "tracking": {"enabled": False}},
+    )
     raw["train"]["architectures"] = raw["train"]["architectures"][:1]
     raw["train"].update(resume="never", **({"epochs": epochs} if epochs else {}))
-    raw["pretrain"]["architectures"] = []
     return parse_params(raw, recipe)
 
 
@@ -182,7 +186,7 @@ def prepared_project(params: Params, scratch: Path) -> ProjectPaths:
 def fitting_epochs(params: Params, paths: ProjectPaths, minutes: float) -> tuple[int, float]:
     """Epochs of these settings that fit ``minutes``, from a timed one-epoch run (validation included)."""
     one_epoch = parse_params(
-        merge(params.model_dump(by_alias=True), {"train": {"epochs": 1, "warmup_epochs": 0}})
+        merged(params.model_dump(by_alias=True), {"train": {"epochs": 1, "warmup_epochs": 0}})
     )
     seconds = run_train(one_epoch, params.train.architectures[0], paths, progress=False).seconds
     return max(params.train.warmup_epochs + 1, int(minutes * 60 // seconds)), seconds
@@ -226,6 +230,26 @@ def run_segpipe(args: argparse.Namespace, overlays: list[dict], minutes: float, 
     }
 
 
+def run_pretrained(args: argparse.Namespace, minutes: float, scratch: Path) -> dict:
+    """The recipe from an encoder pretrained by denoising (the ``pretrain`` stage) for a third of
+    ``minutes``, then fine-tuned for the rest; the pretraining's epochs come from a timed one-epoch run."""
+    name = recipe_params(args.recipe, args.root, []).train.architectures[0]
+    pretrain = {"pretrain": {"architectures": [name]}}
+    calibration = {"pretrain": {"epochs": 1}, "train": {"warmup_epochs": 0}}
+    one_epoch = recipe_params(args.recipe, args.root, [pretrain, calibration])
+    paths = prepared_project(one_epoch, scratch)
+    start = time.perf_counter()
+    run_pretrain(one_epoch, name, paths, progress=False)
+    epochs = max(one_epoch.train.warmup_epochs + 2, int(minutes * 20 // (time.perf_counter() - start)))
+    params = recipe_params(args.recipe, args.root, [pretrain, {"pretrain": {"epochs": epochs}}])
+    start = time.perf_counter()
+    run_pretrain(params, name, paths, progress=args.progress)
+    seconds = time.perf_counter() - start
+    fine_tune = {"train": {"models": {name: {"init": "pretrain"}}}}
+    record = run_segpipe(args, [fine_tune], minutes - seconds / 60, scratch)
+    return {**record, "pretrain_epochs": epochs, "pretrain_seconds": round(seconds, 1)}
+
+
 def run_plain(args: argparse.Namespace, class_names: tuple[str, ...], minutes: float) -> dict:
     images, masks = load_resized(args.root, "train")
     test_images, test_masks = load_resized(args.root, "test")
@@ -259,6 +283,8 @@ def table_rows(report: dict) -> list[dict[str, Any]]:
         rows.append(_row(label, report["minutes"], record, report["class_names"]))
     for label, record in report.get("ablation", []):
         rows.append(_row(f"ablation: {label}", report["ablation_minutes"], record, report["class_names"]))
+    for label, record in report.get("pretraining", []):
+        rows.append(_row(f"pretraining: {label}", report["pretrain_minutes"], record, report["class_names"]))
     return rows
 
 
@@ -273,7 +299,7 @@ def _row(label: str, minutes: float, record: dict, class_names: list[str]) -> di
         "train_seconds": record["train_seconds"],
         "test_miou_192x256": round(small["miou"], 4),
         "test_miou_full_resolution": round(full["miou"], 4) if full else None,
-        "min_class_iou_192x256": round(min(small["per_class"].values()), 4),
+        "min_class_iou_192x256": round(min(v for v in small["per_class"].values() if v is not None), 4),
         **{f"iou_{name}": round(small["per_class"][name], 4) for name in class_names},
     }
 
@@ -300,6 +326,7 @@ def markdown(report: dict, rows: list[dict[str, Any]]) -> str:
         "",
         f"segpipe − plain: **{100 * (recipe['miou'] - plain['miou']):+.1f} mIoU points**.",
         "",
+        *_pretraining_lines(report),
         "Per-class test IoU (192x256):",
         "",
         "| class | plain loop | segpipe recipe | segpipe, full resolution |",
@@ -314,6 +341,18 @@ def markdown(report: dict, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _pretraining_lines(report: dict) -> list[str]:
+    if not report.get("pretraining"):
+        return []
+    record = report["pretraining"][1][1]
+    return [
+        f"Pretraining rows, {report['pretrain_minutes']} minutes each in all: the pretrained one spent "
+        f"{record['pretrain_seconds']} s on {record['pretrain_epochs']} denoising epochs, then fine-tuned "
+        f"for {record['epochs']} epochs.",
+        "",
+    ]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -323,6 +362,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "camvid.yaml")
     parser.add_argument(
         "--ablation-minutes", type=float, default=0, help="also run the ablation rows this long (0: skip)"
+    )
+    parser.add_argument(
+        "--pretrain-minutes",
+        type=float,
+        default=0,
+        help="also compare the recipe from scratch with pretraining + fine-tuning, this long each (0: skip)",
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
@@ -358,6 +403,15 @@ def main(argv: list[str] | None = None) -> None:
                 record = run_segpipe(args, list(overlays), args.ablation_minutes, Path(scratch))
                 report["ablation"].append((label, record))
                 print(f"ablation {label}: {record['test_192x256']['miou']:.4f}", flush=True)
+        if args.pretrain_minutes:
+            report["pretrain_minutes"] = args.pretrain_minutes
+            minutes = args.pretrain_minutes
+            report["pretraining"] = [
+                ("from scratch", run_segpipe(args, [], minutes, Path(scratch))),
+                ("denoising pretraining + fine-tuning", run_pretrained(args, minutes, Path(scratch))),
+            ]
+            for label, record in report["pretraining"]:
+                print(f"pretraining, {label}: {record['test_192x256']['miou']:.4f}", flush=True)
     rows = table_rows(report)
     io.write_json(args.out / "camvid_recipe.json", report)
     io.write_text(args.out / "camvid_recipe.csv", pd.DataFrame(rows).to_csv(index=False))

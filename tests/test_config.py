@@ -37,6 +37,7 @@ def test_shipped_params_are_valid_and_typed():
         ("train", "device", "tpu", "train.device"),
         ("train", "architectures", ["unet", "no_such_net"], "no_such_net"),
         ("prepare", "image_size", [8, 8], "prepare.image_size"),
+        ("train", "crop", [8, 32], "train.crop"),
         ("register", "metric", "accuracy", "register.metric"),
         ("train", "loss", {"name": "ce+dicee"}, "train.loss.name"),
         ("train", "loss", {"name": "ce+dice", "weights": [1.0]}, "train.loss: weights has 1 value"),

@@ -216,3 +216,18 @@ def test_quality_scores_under_bf16_autocast_are_finite_and_match_fp32():
     for value, reference in zip(actual, expected, strict=True):
         assert torch.isfinite(value).all() and value.dtype == torch.float32
         assert torch.allclose(value, reference, atol=0.05, rtol=0.01)
+
+
+def test_reconstruction_scores_pad_images_whose_sides_the_output_stride_does_not_divide():
+    torch.manual_seed(0)
+    model = build_reconstruction_model("unet", 3, {"depth": 4, "base_channels": 4})
+    loader = loader_of(torch.rand(2, 3, 36, 44), 2)
+    corruption = Corruption("masked_patches", 0.5, patch_size=4)
+    scores = reconstruction_scores(model, loader, corruption)
+    images, _ = next(iter(loader))
+    noisy = corruption.apply(images, evaluation_generator(torch.device("cpu")))
+    padded = torch.nn.functional.pad(noisy, (0, 4, 0, 12))
+    with torch.no_grad():
+        restored = model(padded)[..., :36, :44]
+    assert model.output_stride == 16
+    assert scores["psnr"] == pytest.approx(psnr(restored, images).mean().item(), rel=1e-5)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from segpipe.data.cache import SplitArrays
-from segpipe.data.loader import BatchLoader
+from segpipe.data.loader import BatchLoader, Loader, Sampling
 from segpipe.data.streaming import StreamingLoader
 from segpipe.tasks.segment import SegmentTask
 from segpipe.training import distributed
@@ -118,11 +118,8 @@ def train(
     ``record_in``, record tracker calls, ``on_best`` calls and state saves there; with ``streaming``, each
     rank's batches are read from the split by a worker process."""
     model = distributed.wrap_model(tiny_model(batchnorm), context, channels_last=channels_last)
-    loader_type, options = (StreamingLoader, {"workers": 1}) if streaming else (BatchLoader, {})
-    train_loader = loader_type(
-        random_split(16, 0),
+    sampling = Sampling(
         GLOBAL_BATCH // context.world_size,
-        CPU,
         shuffle=True,
         hflip=True,
         vflip=True,
@@ -130,9 +127,9 @@ def train(
         drop_last=True,
         rank=context.rank,
         world_size=context.world_size,
-        **options,
     )
-    val_loader = loader_type(random_split(8, 1), 8, CPU, **options)
+    train_loader = loader(random_split(16, 0), sampling, streaming)
+    val_loader = loader(random_split(8, 1), Sampling(8), streaming)
     tracker: Tracker = NullTracker()
     states, on_best = None, None
     if record_in is not None:
@@ -145,6 +142,13 @@ def train(
     trainer = Trainer(task, settings, tracker, on_best=on_best, states=states, context=context)
     result = trainer.fit(model, train_loader, val_loader, resume)
     return distributed.unwrap(model), result
+
+
+def loader(split: SplitArrays, sampling: Sampling, streaming: bool) -> Loader:
+    """The in-memory loader, or with ``streaming`` one worker process reading each batch from the split."""
+    if streaming:
+        return StreamingLoader(split, sampling, CPU, workers=1)
+    return BatchLoader.from_sampling(split, sampling, CPU)
 
 
 def worker(out: Path) -> None:

@@ -143,6 +143,8 @@ def test_cityscapes_layout_errors(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="no mask .*bremen_000001_000020_gtFine_labelIds") as error:
         list_source("cityscapes", tmp_path)
     assert error.value.path == tmp_path / "leftImg8bit/train/bremen/bremen_000001_000020_leftImg8bit.png"
+    missing = f"bremen/bremen_000001_000020_gtFine_labelIds.png in {tmp_path / 'gtFine/train'}"
+    assert missing in str(error.value)
     (tmp_path / "leftImg8bit/train/bremen/bremen_000001_000020_leftImg8bit.png").unlink()
     lonely = save(tmp_path / "gtFine/val/ulm/ulm_000000_000019_gtFine_labelIds.png", every_value(34, 0))
     with pytest.raises(DatasetError, match="mask has no image .*ulm_000000_000019_leftImg8bit") as error:

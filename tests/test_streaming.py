@@ -14,7 +14,7 @@ from segpipe.config import AugmentParams, DataParams, parse_params
 from segpipe.data.augment import SampleAugmenter
 from segpipe.data.cache import SplitArrays, load_split, save_split
 from segpipe.data.device_augment import DeviceAugmenter
-from segpipe.data.loader import BatchLoader, crop_sample, fits_in_memory, make_loader
+from segpipe.data.loader import BatchLoader, Sampling, crop_sample, fits_in_memory, make_loader
 from segpipe.data.streaming import StreamingLoader
 from segpipe.metrics import ConfusionMatrix
 from segpipe.models import build_model
@@ -56,9 +56,9 @@ def _pack(images: list[np.ndarray], masks: list[np.ndarray]) -> tuple[np.ndarray
     return np.concatenate(parts), np.asarray(rows, dtype=np.int64)
 
 
-def both_loaders(split: SplitArrays, batch_size: int, workers: int, **options):
-    return BatchLoader(split, batch_size, CPU, **options), StreamingLoader(
-        split, batch_size, CPU, workers=workers, **options
+def both_loaders(split: SplitArrays, sampling: Sampling, workers: int, **augmenters):
+    return BatchLoader.from_sampling(split, sampling, CPU, **augmenters), StreamingLoader(
+        split, sampling, CPU, workers, **augmenters
     )
 
 
@@ -86,7 +86,7 @@ TRAINING = {"shuffle": True, "hflip": True, "vflip": True, "seed": 7, "drop_last
 )
 @pytest.mark.parametrize("workers", [0, 2])
 def test_streaming_batches_equal_in_memory_batches(options, workers):
-    memory, streaming = both_loaders(coded_split(22), 4, workers, **options)
+    memory, streaming = both_loaders(coded_split(22), Sampling(4, **options), workers)
     assert len(memory) == len(streaming) and memory.num_samples == streaming.num_samples == 22
     for epoch in (1, 2):
         memory.set_epoch(epoch)
@@ -101,20 +101,24 @@ def test_streaming_with_augmenters_equals_in_memory():
         split, 4, CPU, **TRAINING, crop=(16, 16), augmenter=SampleAugmenter(settings, 255, 3)
     )
     streaming = StreamingLoader(
-        split, 4, CPU, **TRAINING, crop=(16, 16), augmenter=SampleAugmenter(settings, 255, 3), workers=2
+        split,
+        Sampling(4, **TRAINING, crop=(16, 16)),
+        CPU,
+        workers=2,
+        augmenter=SampleAugmenter(settings, 255, 3),
     )
     memory.set_epoch(3)
     streaming.set_epoch(3)
     assert_same_batches(memory, streaming)
     on_device = AugmentParams(scale=(0.8, 1.2), on_device=True)
     memory, streaming = both_loaders(
-        split, 4, 1, **TRAINING, device_augmenter=DeviceAugmenter(on_device, 255, 3, CPU)
+        split, Sampling(4, **TRAINING), 1, device_augmenter=DeviceAugmenter(on_device, 255, 3, CPU)
     )
     assert_same_batches(memory, streaming)
 
 
 def test_streaming_resumes_at_any_batch_with_the_same_batches():
-    streaming = StreamingLoader(coded_split(30), 4, CPU, **TRAINING, crop=(12, 12), workers=2)
+    streaming = StreamingLoader(coded_split(30), Sampling(4, **TRAINING, crop=(12, 12)), CPU, workers=2)
     streaming.set_epoch(5)
     whole = list(streaming)
     for first in (0, 3, len(whole) - 1):
@@ -126,7 +130,7 @@ def test_crops_and_flips_never_separate_image_and_mask():
     augment = AugmentParams(hflip=True, vflip=True, scale=(1.0, 1.0))
     for loader in (
         BatchLoader(split, 4, CPU, **TRAINING, crop=(16, 32)),
-        StreamingLoader(split, 4, CPU, **TRAINING, crop=(16, 32)),
+        StreamingLoader(split, Sampling(4, **TRAINING, crop=(16, 32)), CPU),
         BatchLoader(split, 4, CPU, **TRAINING, crop=(16, 32), augmenter=SampleAugmenter(augment, 255, 1)),
     ):
         crops = set()
@@ -178,7 +182,7 @@ def test_mixed_sizes_are_evaluated_in_batches_of_one_size(tmp_path):
 def test_mixed_sizes_train_on_crops_and_need_a_crop(tmp_path):
     split = mixed_split(tmp_path, [(20, 24), (32, 16), (18, 30), (24, 24)] * 3)
     with pytest.raises(ValueError, match=r"train.crop"):
-        StreamingLoader(split, 4, CPU, **TRAINING)
+        StreamingLoader(split, Sampling(4, **TRAINING), CPU)
     torch.manual_seed(0)
     model = build_model("unet", 4, options={"depth": 2, "base_channels": 4})
     train = make_loader(split, DataParams(workers=1), 4, CPU, **TRAINING, crop=(16, 16))
@@ -192,6 +196,9 @@ def test_the_data_settings_choose_the_loader(tmp_path):
     split = easy_split(8, 0)  # 8 × 32 × 32 × 4 bytes
     assert isinstance(make_loader(split, DataParams(), 4, CPU), BatchLoader)
     assert isinstance(make_loader(split, DataParams(in_memory="false"), 4, CPU), StreamingLoader)
+    for in_memory in ("true", "false"):
+        loader = make_loader(split, DataParams(in_memory=in_memory), 4, CPU, **TRAINING, crop=(16, 16))
+        assert loader.sampling == Sampling(4, **TRAINING, crop=(16, 16))
     big = coded_split(2, 512, 512)  # 2 MB
     assert not fits_in_memory(big, DataParams(memory_budget_mb=1))
     assert fits_in_memory(big, DataParams(memory_budget_mb=1, in_memory="true"))
@@ -204,7 +211,7 @@ def test_the_data_settings_choose_the_loader(tmp_path):
 def test_streaming_leaves_the_global_random_generator_alone():
     """Dropout and other draws from the global generator see the same stream on either data path (and after
     a resume, which starts a new pass)."""
-    streaming = StreamingLoader(coded_split(8), 4, CPU, **TRAINING, workers=1)
+    streaming = StreamingLoader(coded_split(8), Sampling(4, **TRAINING), CPU, workers=1)
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
@@ -238,7 +245,7 @@ def test_a_streamed_pass_does_not_keep_the_split_resident(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (192, 256, 256, 3), dtype=np.uint8)
     save_split(tmp_path, "train", SplitArrays(images, images[..., 0].copy()))
     del images
-    streaming = StreamingLoader(load_split(tmp_path, "train"), 8, CPU, **TRAINING)
+    streaming = StreamingLoader(load_split(tmp_path, "train"), Sampling(8, **TRAINING), CPU)
     for _ in streaming.batches(len(streaming) - 2):  # the allocator's own working set, before measuring
         pass
     before = psutil.Process().memory_info().rss

@@ -37,6 +37,13 @@ def _check_architecture_names(names: list[str]) -> list[str]:
     return names
 
 
+def _check_size(key: str, value: tuple[int, int] | None) -> tuple[int, int] | None:
+    """An optional [height, width] of at least 16 px; the error names ``key``."""
+    if value is not None and min(value) < 16:
+        raise ValueError(f"{key} {list(value)} is too small: use [height, width] of at least 16 px")
+    return value
+
+
 class SplitSizes(_Section):
     """Number of generated samples per split (synthetic dataset)."""
 
@@ -96,9 +103,7 @@ class PrepareParams(_Section):
     @field_validator("image_size")
     @classmethod
     def _positive_size(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
-        if value is not None and min(value) < 16:
-            raise ValueError(f"image_size {list(value)} is too small: use [height, width] of at least 16 px")
-        return value
+        return _check_size("image_size", value)
 
     @field_validator("palette")
     @classmethod
@@ -298,9 +303,7 @@ class TrainParams(_Section):
     @field_validator("crop")
     @classmethod
     def _crop_size(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
-        if value is not None and min(value) < 16:
-            raise ValueError(f"crop {list(value)} is too small: use [height, width] of at least 16 px")
-        return value
+        return _check_size("crop", value)
 
     @model_validator(mode="after")
     def _valid_model_options(self) -> TrainParams:

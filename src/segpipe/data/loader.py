@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import mmap
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -271,6 +271,20 @@ class BatchLoader:
         self.rank, self.world_size = rank, world_size
         self.bounds = self.sampling.bounds(arrays)
 
+    @classmethod
+    def from_sampling(
+        cls,
+        arrays: SplitArrays,
+        sampling: Sampling,
+        device: torch.device,
+        augmenter: SampleAugmenter | None = None,
+        device_augmenter: DeviceAugmenter | None = None,
+    ) -> BatchLoader:
+        """The loader of ``arrays`` batched as ``sampling`` says (its fields are this class's keywords)."""
+        return cls(
+            arrays, device=device, augmenter=augmenter, device_augmenter=device_augmenter, **asdict(sampling)
+        )
+
     def __len__(self) -> int:
         return len(self.bounds)
 
@@ -350,12 +364,16 @@ def make_loader(
     settings: DataParams,
     batch_size: int,
     device: torch.device,
-    **options: object,
+    augmenter: SampleAugmenter | None = None,
+    device_augmenter: DeviceAugmenter | None = None,
+    **sampling: object,
 ) -> Loader:
     """The in-memory :class:`BatchLoader` or the streaming loader for ``split`` (see
-    :func:`fits_in_memory`); ``options`` are :class:`BatchLoader`'s keyword arguments."""
-    if fits_in_memory(split, settings):
-        return BatchLoader(split, batch_size, device, **options)
+    :func:`fits_in_memory`), batched by ``Sampling(batch_size, **sampling)``."""
+    in_memory = fits_in_memory(split, settings)
+    batching = Sampling(batch_size, **sampling)
+    if in_memory:
+        return BatchLoader.from_sampling(split, batching, device, augmenter, device_augmenter)
     from segpipe.data.streaming import StreamingLoader  # it builds on this module
 
-    return StreamingLoader(split, batch_size, device, workers=settings.workers, **options)
+    return StreamingLoader(split, batching, device, settings.workers, augmenter, device_augmenter)

@@ -91,36 +91,27 @@ class BatchKeys(Sampler[BatchKey]):
 class StreamingLoader:
     """The :class:`~segpipe.data.loader.BatchLoader` interface over a split read batch by batch.
 
-    Takes :class:`~segpipe.data.loader.BatchLoader`'s arguments, plus ``workers`` reading processes (0:
-    read in this process). Memory holds a few batches per worker, whatever the split's size.
+    ``sampling`` sets the order, flips, crops and shards; ``workers`` reading processes (0: read in this
+    process) assemble the batches, running the ``augmenter`` on each sample; the ``device_augmenter`` then
+    runs on the device, as in :class:`~segpipe.data.loader.BatchLoader`. Memory holds a few batches per
+    worker, whatever the split's size.
     """
 
     def __init__(
         self,
         split: SplitArrays,
-        batch_size: int,
+        sampling: Sampling,
         device: torch.device,
-        shuffle: bool = False,
-        hflip: bool = False,
-        vflip: bool = False,
-        seed: int = 0,
-        drop_last: bool = False,
+        workers: int = 0,
         augmenter: SampleAugmenter | None = None,
         device_augmenter: DeviceAugmenter | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-        crop: tuple[int, int] | None = None,
-        ignore_index: int = 255,
-        workers: int = 0,
     ) -> None:
-        self.sampling = Sampling(
-            batch_size, shuffle, hflip, vflip, seed, drop_last, crop, ignore_index, rank, world_size
-        )
+        self.sampling = sampling
         self.reader = BatchReader(split, self.sampling, augmenter)
         self.keys = BatchKeys(len(self.reader))
         self.device = torch.empty(0, device=device).device
         self.device_augmenter = device_augmenter
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size = sampling.rank, sampling.world_size
         self.epoch = 0
         self._num_samples = len(split)
         self.loader = DataLoader(

@@ -12,6 +12,7 @@ from torch import nn
 
 from segpipe.config import DenoiseParams
 from segpipe.data.loader import Loader
+from segpipe.inference import padded_logits
 from segpipe.tasks.corruption import CorruptionKind, corrupt
 from segpipe.tasks.quality import psnr, ssim
 
@@ -63,7 +64,8 @@ def reconstruction_scores(
 ) -> dict[str, float]:
     """Mean loss, PSNR and SSIM over a split corrupted with :data:`EVALUATION_SEED`.
 
-    ``model=None`` scores the corrupted input itself: the reference a denoiser must beat.
+    ``model=None`` scores the corrupted input itself: the reference a denoiser must beat. Images whose sides
+    are not multiples of the model's output stride (native sizes) are padded for it and cropped back.
     """
     if model is not None:
         model.eval()
@@ -72,7 +74,7 @@ def reconstruction_scores(
     totals = torch.zeros(3, device=device)
     for images, _ in loader:
         noisy = corruption.apply(images, generator)
-        restored = noisy if model is None else model(noisy)
+        restored = noisy if model is None else padded_logits(model, noisy)
         totals += torch.stack(
             [
                 reconstruction_loss(restored, images, loss).sum(),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from segpipe.data.errors import DatasetError
 from segpipe.data.sources.base import LABEL_MAP_IGNORE, SourceListing, SourceSample
-from segpipe.data.sources.files import require_root, require_samples
+from segpipe.data.sources.files import require_pairs, require_root, require_samples
 
 CLASS_NAMES = (
     "road",
@@ -90,20 +90,18 @@ def _split_samples(root: Path, split: str, target: str | None) -> list[SourceSam
     """One split's images paired with their label-id masks (same city folder and ``<city>_<seq>_<frame>``)."""
     images = _files(root / "leftImg8bit" / split, IMAGE_SUFFIX)
     masks = _files(root / "gtFine" / split, MASK_SUFFIX)
-    for key, image in images.items():
-        if key not in masks:
-            raise DatasetError(
-                f"image has no mask {root / 'gtFine' / split / key}{MASK_SUFFIX}",
-                "restore the mask from gtFine_trainvaltest.zip, or remove the image",
-                image,
-            )
-    for key, mask in masks.items():
-        if key not in images:
-            raise DatasetError(
-                f"mask has no image {root / 'leftImg8bit' / split / key}{IMAGE_SUFFIX}",
-                "restore the image from leftImg8bit_trainvaltest.zip, or remove the mask",
-                mask,
-            )
+    require_pairs(
+        images,
+        masks,
+        (
+            f"{MASK_SUFFIX} in {root / 'gtFine' / split}",
+            "restore the mask from gtFine_trainvaltest.zip, or remove the image",
+        ),
+        (
+            f"{IMAGE_SUFFIX} in {root / 'leftImg8bit' / split}",
+            "restore the image from leftImg8bit_trainvaltest.zip, or remove the mask",
+        ),
+    )
     return [SourceSample(Path(key).name, images[key], masks[key], target) for key in sorted(images)]
 
 

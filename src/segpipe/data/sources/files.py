@@ -41,22 +41,31 @@ def pair_folder(
     if not mask_dir.is_dir():
         return [], len(images)
     masks = files_by_stem(mask_dir)
-    for stem, image in images.items():
-        if stem not in masks:
-            raise DatasetError(
-                f"image has no mask {stem}.* in {mask_dir}",
-                "add the mask (same file name, any image extension) or remove the image",
-                image,
-            )
-    for stem, mask in masks.items():
-        if stem not in images:
-            raise DatasetError(
-                f"mask has no image {stem}.* in {image_dir}", "add the image or remove the mask", mask
-            )
+    require_pairs(
+        images,
+        masks,
+        (f".* in {mask_dir}", "add the mask (same file name, any image extension) or remove the image"),
+        (f".* in {image_dir}", "add the image or remove the mask"),
+    )
     samples = [
         SourceSample(f"{id_prefix}{stem}", image, masks[stem], split) for stem, image in images.items()
     ]
     return samples, 0
+
+
+def require_pairs(
+    images: dict[str, Path], masks: dict[str, Path], no_mask: tuple[str, str], no_image: tuple[str, str]
+) -> None:
+    """DatasetError naming the first image without a mask of the same key, else the first mask without an
+    image; ``no_mask`` and ``no_image`` are (the message's text after the key, saying where the missing file
+    belongs; the fix)."""
+    for files, others, kind, (where, fix) in (
+        (images, masks, "image has no mask", no_mask),
+        (masks, images, "mask has no image", no_image),
+    ):
+        for key, path in files.items():
+            if key not in others:
+                raise DatasetError(f"{kind} {key}{where}", fix, path)
 
 
 def list_splits(folders: dict[str, tuple[Path, Path]]) -> tuple[list[SourceSample], int]:
