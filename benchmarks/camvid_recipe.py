@@ -73,8 +73,13 @@ ABLATION: list[tuple[str, dict[str, Any]]] = [
     ("+ bf16 where the CPU has it", {"train": {"precision": "auto"}}),
     ("+ segpipe unet", {"train": {"architectures": ["unet"]}}),
     (
-        "+ ce+dice, median-frequency weights, warm-up",
-        {"train": {"loss": {"name": "ce+dice", "class_weights": "median_frequency"}, "warmup_epochs": 1}},
+        "+ ce+dice, inverse-sqrt-frequency weights, warm-up",
+        {
+            "train": {
+                "loss": {"name": "ce+dice", "class_weights": "inverse_sqrt_frequency"},
+                "warmup_epochs": 1,
+            }
+        },
     ),
     ("+ native resolution, 192x256 crops", {"prepare": {"image_size": None}, "train": {"crop": list(SIZE)}}),
     ("+ flip test-time augmentation", {"evaluate": {"tta": ["hflip"]}}),

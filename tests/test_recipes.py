@@ -35,7 +35,7 @@ def test_the_camvid_recipe_sets_its_settings_and_keeps_the_comments(project, cap
     params = load_params(project / "params.yaml")
     assert params.prepare.image_size is None
     assert params.train.crop == (192, 256)
-    assert params.train.loss.name == "ce+dice" and params.train.loss.class_weights == "median_frequency"
+    assert params.train.loss.name == "ce+dice" and params.train.loss.class_weights == "inverse_sqrt_frequency"
     assert params.train.augment.vflip is False and params.train.augment.hflip is True
     assert params.evaluate.tta == ["hflip"]
     assert params.train.lr == load_params(ROOT / "params.yaml").train.lr  # untouched keys stay
