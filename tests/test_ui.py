@@ -112,6 +112,12 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _interruptible() -> None:
+    """Ctrl-C reaches the UI as from a terminal, even when these tests run where SIGINT is ignored (a
+    background job of a non-interactive shell), which the UI would otherwise inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def segpipe_ui(store: TrackingParams, cwd: Path, dataset: str) -> Iterator[tuple[int, dict[str, str]]]:
     """``segpipe ui`` on the store: its port and the URLs it printed by label; stopped with Ctrl-C after."""
@@ -120,7 +126,7 @@ def segpipe_ui(store: TrackingParams, cwd: Path, dataset: str) -> Iterator[tuple
     command = [sys.executable, "-m", "segpipe.cli", "--params", str(REPO / "params.yaml"), "ui"]
     process = subprocess.Popen(
         [*command, "--port", str(port), "--dataset", dataset],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, text=True,
+        cwd=cwd, env=env, stdout=subprocess.PIPE, text=True, preexec_fn=_interruptible,
     )  # fmt: skip
     try:
         printed = {}
