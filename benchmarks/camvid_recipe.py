@@ -239,7 +239,9 @@ def run_pretrained(args: argparse.Namespace, minutes: float, scratch: Path) -> d
     """The recipe from an encoder pretrained by denoising (the ``pretrain`` stage) for a third of
     ``minutes``, then fine-tuned for the rest; the pretraining's epochs come from a timed one-epoch run."""
     name = recipe_params(args.recipe, args.root, []).train.architectures[0]
-    pretrain = {"pretrain": {"architectures": [name]}}
+    unlabelled = scratch / "unlabelled"  # CamVid's training images alone
+    unlabelled.mkdir(exist_ok=True)
+    pretrain = {"pretrain": {"architectures": [name], "unlabelled_root": str(unlabelled)}}
     calibration = {"pretrain": {"epochs": 1}, "train": {"warmup_epochs": 0}}
     one_epoch = recipe_params(args.recipe, args.root, [pretrain, calibration])
     paths = prepared_project(one_epoch, scratch)

@@ -1,6 +1,7 @@
-"""DVC stage `pretrain@<architecture>`: denoising pretraining of the architecture's encoder when
-`pretrain.architectures` lists it (written to models/pretrain/<architecture>/encoder.safetensors, which
-`train.models.<architecture>.init: pretrain` starts from); otherwise a record saying it is not pretrained."""
+"""DVC stage `pretrain@<architecture>`: denoising pretraining of the architecture's encoder, on the training
+images and those under `pretrain.unlabelled_root`, when `pretrain.architectures` lists it (written to
+models/pretrain/<architecture>/encoder.safetensors, which `train.models.<architecture>.init: pretrain` starts
+from); otherwise a record saying it is not pretrained."""
 
 import sys
 

@@ -343,8 +343,8 @@ class DenoiseParams(_Section):
 class PretrainParams(_Section):
     """``pretrain``: self-supervised denoising pretraining of segmentation encoders (stage ``pretrain@``).
 
-    Each listed architecture is trained to reconstruct clean training images from corrupted ones;
-    ``train.models.<architecture>.init: pretrain`` starts its
+    Each listed architecture is trained to reconstruct clean training images (and the images of
+    ``unlabelled_root``) from corrupted ones; ``train.models.<architecture>.init: pretrain`` starts its
     segmentation training from the pretrained encoder. Batch size, lr, seed and device come from ``train``.
     """
 
@@ -354,11 +354,19 @@ class PretrainParams(_Section):
     level: float = Field(0.5, ge=0, le=1)
     patch_size: int = Field(8, ge=1)
     loss: Literal["l1", "l2", "ssim", "l1+ssim"] = "l1"
+    unlabelled_root: str = "data/unlabelled"
+    """Folder of extra images (PNG, JPEG, TIFF, BMP; any depth) the pretraining also trains on, fitted as
+    prepare fits training images; relative to the project, ``~`` and ``$VARS`` expanded. A folder without
+    images: the training split alone."""
 
     @field_validator("architectures")
     @classmethod
     def _known_architectures(cls, names: list[str]) -> list[str]:
         return _check_architecture_names(names)
+
+    def unlabelled_path(self) -> Path:
+        """``unlabelled_root`` with ``~`` and environment variables expanded."""
+        return Path(os.path.expandvars(os.path.expanduser(self.unlabelled_root)))
 
 
 class EvaluateParams(_Section):

@@ -5,7 +5,11 @@ reconstruction head, ``task: denoise``) to restore corrupted training images, by
 with the ``pretrain`` settings. Its encoder is then written to ``models/pretrain/<architecture>/``
 ``encoder.safetensors`` with ``encoder.json`` (the normalisation it was trained with, the sha256), which
 ``train.models.<architecture>.init: pretrain`` loads. An architecture not in ``pretrain.architectures``
-gets ``encoder.json`` alone (``"pretrained": false``), so every train stage has this folder to depend on."""
+gets ``encoder.json`` alone (``"pretrained": false``), so every train stage has this folder to depend on.
+
+The images of ``pretrain.unlabelled_root`` are trained on too: they are appended to a copy of the prepared
+training split under ``.segpipe/pretrain/prepared`` (:mod:`segpipe.data.unlabelled`), rebuilt when the
+prepared data, the images or their fitting settings change. Without any, the prepared data is read as is."""
 
 from __future__ import annotations
 
@@ -21,7 +25,19 @@ from segpipe.training.initialise import pretrained_encoder_path
 
 @dataclass(frozen=True)
 class PretrainPaths(ProjectPaths):
-    """The project layout with the reconstruction run's files under ``models/pretrain/<architecture>``."""
+    """The project layout with the reconstruction run's files under ``models/pretrain/<architecture>``, and
+    its data with the unlabelled images when ``unlabelled`` (their data key) is set."""
+
+    unlabelled: str | None = None
+
+    @property
+    def pretraining_data(self) -> Path:
+        """The prepared data with the unlabelled images appended to its train split."""
+        return self.root / ".segpipe" / "pretrain" / "prepared"
+
+    @property
+    def prepared(self) -> Path:
+        return self.pretraining_data if self.unlabelled is not None else super().prepared
 
     def model_dir(self, architecture: str, task: str = "denoise") -> Path:
         return self.models / "pretrain" / architecture
@@ -30,7 +46,9 @@ class PretrainPaths(ProjectPaths):
         return self.model_dir(architecture) / "curves.csv"
 
     def training_states(self, architecture: str, task: str = "denoise") -> Path:
-        return self.root / ".segpipe" / "resume" / "pretrain" / architecture
+        folder = self.root / ".segpipe" / "resume" / "pretrain" / architecture
+        # a state's key holds the prepared data's hash, not the unlabelled images': one folder per set of them
+        return folder if self.unlabelled is None else folder / f"unlabelled-{self.unlabelled[:16]}"
 
 
 def pretraining_params(params: Params, architecture: str) -> Params:
@@ -56,17 +74,41 @@ def run_pretrain(params: Params, architecture: str, paths: ProjectPaths, progres
             f"params.yaml: train.warmup_epochs ({params.train.warmup_epochs}) must be below pretrain.epochs "
             f"({params.pretrain.epochs}): pretraining warms up too"
         )
+    pretrain_paths, unlabelled = _pretraining_data(params, paths)
     from segpipe.stages.train import run_train  # torch only where an encoder is trained
 
-    pretrain_paths = PretrainPaths(paths.root)
     result = run_train(
         pretraining_params(params, architecture), architecture, pretrain_paths, progress, task="denoise"
     )
-    return _write_encoder(pretrain_paths.checkpoint(architecture), meta_file, result.monitor)
+    return _write_encoder(pretrain_paths.checkpoint(architecture), meta_file, result.monitor, unlabelled)
 
 
-def _write_encoder(checkpoint: Path, meta_file: Path, monitor: str) -> Path:
-    """The best reconstruction checkpoint's encoder as safetensors, and its JSON record."""
+def _pretraining_data(params: Params, paths: ProjectPaths) -> tuple[PretrainPaths, int]:
+    """The pretraining's layout and how many unlabelled images it trains on, their data written first
+    when missing or out of date (every image decoded, so a bad one stops the stage before training)."""
+    from segpipe.data import unlabelled  # image decoding only where an encoder is trained
+
+    folder = params.pretrain.unlabelled_path()
+    if not folder.is_dir():
+        raise ConfigError(
+            f"params.yaml: pretrain.unlabelled_root {params.pretrain.unlabelled_root!r} is not a folder "
+            f"({folder.resolve()}): create it (it may hold no images) or set the key to a folder of images"
+        )
+    images = unlabelled.list_images(folder)
+    if not images:
+        return PretrainPaths(paths.root), 0
+    key = unlabelled.data_key(paths.prepared, folder, images, params.prepare)
+    pretrain_paths = PretrainPaths(paths.root, unlabelled=key)
+    if not unlabelled.is_written(pretrain_paths.pretraining_data, key):
+        unlabelled.write_pretraining_data(
+            paths.prepared, images, params.prepare, pretrain_paths.pretraining_data, key
+        )
+    return pretrain_paths, len(images)
+
+
+def _write_encoder(checkpoint: Path, meta_file: Path, monitor: str, unlabelled: int) -> Path:
+    """The best reconstruction checkpoint's encoder as safetensors, and its JSON record (with the number of
+    ``unlabelled`` images trained on)."""
     import safetensors.torch
 
     from segpipe.training.checkpoint import load_checkpoint
@@ -86,6 +128,7 @@ def _write_encoder(checkpoint: Path, meta_file: Path, monitor: str) -> Path:
         "epoch": meta.epoch,
         monitor: meta.score,
         "sha256": hashlib.sha256(data).hexdigest(),
+        "unlabelled_images": unlabelled,
     }
     io.write_json(meta_file, record)
     return meta_file
