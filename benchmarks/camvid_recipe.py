@@ -53,36 +53,42 @@ SIZE = (192, 256)
 VOID = 11
 IGNORE = 255
 NUM_CLASSES = 11
-# Cumulative ablation rows: each adds one ingredient to the row above (first row: the plain loop's
-# settings run by segpipe's trainer).
-ABLATION: list[tuple[str, dict[str, Any]]] = [
+PLAIN_SETTINGS = {
+    "prepare": {"image_size": list(SIZE)},
+    "train": {
+        "architectures": ["smp_unet"],
+        "precision": "fp32",
+        "crop": None,
+        "loss": {"name": "ce", "class_weights": "none"},
+        "warmup_epochs": 0,
+    },
+    "evaluate": {"tta": []},
+}
+"""The plain loop's settings, run by segpipe's trainer (with its cosine schedule and best-epoch pick)."""
+
+
+def ablation_rows(recipe: dict) -> list[tuple[str, dict[str, Any]]]:
+    """Cumulative rows from the plain loop's settings to the recipe's, one ingredient added per row."""
+    train, tta = recipe["train"], recipe.get("evaluate", {}).get("tta", [])
+    loss = train["loss"]
+    return [
+        ("smp_unet, 192x256, fp32, ce, cosine", PLAIN_SETTINGS),
+        ("+ bf16 where the CPU has it", {"train": {"precision": train["precision"]}}),
+        (
+            f"+ {loss['name']}, {loss['class_weights']} class weights, warm-up",
+            {"train": {"loss": loss, "warmup_epochs": train["warmup_epochs"]}},
+        ),
+        (f"+ test-time augmentation {tta}", {"evaluate": {"tta": tta}}),
+    ]
+
+
+# Rows that change one setting of the recipe, for ingredients it leaves out.
+ALTERNATIVES: list[tuple[str, dict[str, Any]]] = [
+    ("recipe with segpipe unet", {"train": {"architectures": ["unet"]}}),
     (
-        "smp_unet, 192x256, fp32, ce, cosine",
-        {
-            "prepare": {"image_size": list(SIZE)},
-            "train": {
-                "architectures": ["smp_unet"],
-                "precision": "fp32",
-                "crop": None,
-                "loss": {"name": "ce", "class_weights": "none"},
-                "warmup_epochs": 0,
-            },
-            "evaluate": {"tta": []},
-        },
+        "recipe at native resolution, 192x256 crops",
+        {"prepare": {"image_size": None}, "train": {"crop": list(SIZE)}},
     ),
-    ("+ bf16 where the CPU has it", {"train": {"precision": "auto"}}),
-    ("+ segpipe unet", {"train": {"architectures": ["unet"]}}),
-    (
-        "+ ce+dice, inverse-sqrt-frequency weights, warm-up",
-        {
-            "train": {
-                "loss": {"name": "ce+dice", "class_weights": "inverse_sqrt_frequency"},
-                "warmup_epochs": 1,
-            }
-        },
-    ),
-    ("+ native resolution, 192x256 crops", {"prepare": {"image_size": None}, "train": {"crop": list(SIZE)}}),
-    ("+ flip test-time augmentation", {"evaluate": {"tta": ["hflip"]}}),
 ]
 
 
@@ -405,9 +411,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.ablation_minutes:
             report["ablation_minutes"] = args.ablation_minutes
             report["ablation"], overlays = [], []
-            for label, overlay in ABLATION:
+            for label, overlay in ablation_rows(yaml.safe_load(args.recipe.read_text())):
                 overlays.append(overlay)
                 record = run_segpipe(args, list(overlays), args.ablation_minutes, Path(scratch))
+                report["ablation"].append((label, record))
+                print(f"ablation {label}: {record['test_192x256']['miou']:.4f}", flush=True)
+            for label, overlay in ALTERNATIVES:
+                record = run_segpipe(args, [overlay], args.ablation_minutes, Path(scratch))
                 report["ablation"].append((label, record))
                 print(f"ablation {label}: {record['test_192x256']['miou']:.4f}", flush=True)
         if args.pretrain_minutes:

@@ -3,12 +3,13 @@ settings), score both on the test split, and check how often bf16 evaluation of 
 class as fp32 evaluation.
 
     python benchmarks/precision_quality.py [--root CAMVID] [--architectures unet smp_unet] [--epochs 10]
-                                           [--image-size 192 256] [--max-per-split N]
+                                           [--image-size 192 256] [--max-per-split N] [--seeds 42 1 2]
 
 CamVid comes from ``--root`` (default: $SEGPIPE_CAMVID) and is prepared and validated into a temporary folder;
 training is the train stage itself (:func:`segpipe.stages.train.run_train`) with the project's ``params.yaml``
 apart from the dataset, size, epochs, device and ``train.precision`` (bf16 runs channels_last, as
-``memory_format: auto`` picks). Writes ``reports/benchmarks/precision_quality.{json,md}``.
+``memory_format: auto`` picks). ``--seeds`` repeats both trainings per seed, to set the bf16 − fp32 difference
+beside the spread between seeds. Writes ``reports/benchmarks/precision_quality.{json,md}`` (under ``--out``).
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = ("fp32", "bf16")
 
 
-def quality_params(args: argparse.Namespace, precision: str) -> Params:
-    """The project's params with CamVid at ``args.image_size``, ``args.epochs`` and ``precision``; no
-    tracking."""
+def quality_params(args: argparse.Namespace, precision: str, seed: int) -> Params:
+    """The project's params with CamVid at ``args.image_size``, ``args.epochs``, ``precision`` and ``seed``;
+    no tracking."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["prepare"].update(
         dataset="camvid",
@@ -55,6 +56,7 @@ def quality_params(args: argparse.Namespace, precision: str) -> Params:
         epochs=args.epochs,
         device=args.device,
         precision=precision,
+        seed=seed,
         memory_format="auto",
         resume="never",
     )
@@ -100,14 +102,16 @@ def argmax_agreement(
     return {"all_pixels": same.float().mean().item(), "labelled_pixels": same[labelled].float().mean().item()}
 
 
-def compare_architecture(args: argparse.Namespace, name: str, paths: ProjectPaths) -> dict[str, Any]:
-    """Train ``name`` in each precision and score it on the test split; the fp32 model is also evaluated in
-    bf16 (before the bf16 run replaces its checkpoint)."""
+def compare_architecture(
+    args: argparse.Namespace, name: str, seed: int, paths: ProjectPaths
+) -> dict[str, Any]:
+    """Train ``name`` with ``seed`` in each precision and score it on the test split; the fp32 model is also
+    evaluated in bf16 (before the bf16 run replaces its checkpoint)."""
     device = resolve_device(args.device)
     class_names = DatasetInfo.load(paths.prepared).class_names
-    record: dict[str, Any] = {"architecture": name}
+    record: dict[str, Any] = {"architecture": name, "seed": seed}
     for precision in PRECISIONS:
-        params = quality_params(args, precision)
+        params = quality_params(args, precision, seed)
         result = run_train(params, name, paths, progress=args.progress)
         mode = ComputeMode.resolve(device, precision)
         confusion, classes = predict_test_split(paths, name, mode, params.evaluate.batch_size)
@@ -121,7 +125,7 @@ def compare_architecture(args: argparse.Namespace, name: str, paths: ProjectPath
             record["bf16_eval_agreement"] = argmax_agreement(
                 paths, name, classes, device, params.evaluate.batch_size
             )
-        print(f"{name} {precision}: test mIoU {record[precision]['test_miou']:.4f}", flush=True)
+        print(f"{name} seed {seed} {precision}: test mIoU {record[precision]['test_miou']:.4f}", flush=True)
     record["miou_points_bf16_minus_fp32"] = round(
         100 * (record["bf16"]["test_miou"] - record["fp32"]["test_miou"]), 2
     )
@@ -138,17 +142,18 @@ def markdown(report: dict[str, Any]) -> str:
         f"# bf16 against fp32 on CamVid ({report['environment']['device']}, torch "
         f"{report['environment']['torch']})",
         "",
-        f"{settings['image_size'][0]}×{settings['image_size'][1]}, {settings['epochs']} epochs, seed "
-        f"{settings['seed']}, train/val/test {settings['split_sizes']}; each architecture trained once in "
-        "fp32 (NCHW) and once with bf16 autocast (fp32 weights, channels_last), both scored on the test "
-        "split in their own precision. Agreement: share of test pixels where bf16 evaluation of the fp32 "
-        "model picks the class fp32 evaluation picks.",
+        f"{settings['image_size'][0]}×{settings['image_size'][1]}, {settings['epochs']} epochs, seeds "
+        f"{settings['seeds']}, train/val/test {settings['split_sizes']}; each architecture trained per "
+        "seed once in fp32 (NCHW) and once with bf16 autocast (fp32 weights, channels_last), both scored on "
+        "the test split in their own precision. Agreement: share of test pixels where bf16 evaluation of the "
+        "fp32 model picks the class fp32 evaluation picks.",
         "",
-        "| architecture | fp32 test mIoU | bf16 test mIoU | bf16 − fp32 (points) | agreement (all pixels) "
-        "| agreement (labelled) | fp32 train s | bf16 train s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| architecture | seed | fp32 test mIoU | bf16 test mIoU | bf16 − fp32 (points) "
+        "| agreement (all pixels) | agreement (labelled) | fp32 train s | bf16 train s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(
-            f"| {m['architecture']} | {m['fp32']['test_miou']:.4f} | {m['bf16']['test_miou']:.4f} | "
+            f"| {m['architecture']} | {m['seed']} | {m['fp32']['test_miou']:.4f} | "
+            f"{m['bf16']['test_miou']:.4f} | "
             f"{m['miou_points_bf16_minus_fp32']:+.2f} | "
             f"{100 * m['bf16_eval_agreement']['all_pixels']:.2f} % | "
             f"{100 * m['bf16_eval_agreement']['labelled_pixels']:.2f} % | {m['fp32']['train_seconds']} | "
@@ -158,7 +163,9 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "Per-class test IoU:",
         "",
-        "| class | " + " | ".join(f"{m['architecture']} {p}" for m in models for p in PRECISIONS) + " |",
+        "| class | "
+        + " | ".join(f"{m['architecture']} {p} (seed {m['seed']})" for m in models for p in PRECISIONS)
+        + " |",
         "|---|" + "---:|" * (len(models) * len(PRECISIONS)),
         *(
             f"| {name} | "
@@ -190,6 +197,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="at most this many images per split (a quick check; default: all)",
     )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[42], help="train both precisions once per seed (default: 42)"
+    )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks")
@@ -203,14 +213,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         paths = ProjectPaths(Path(scratch))
-        params = quality_params(args, "fp32")
+        params = quality_params(args, "fp32", args.seeds[0])
         info = prepare_dataset(params.prepare, paths.prepared)
         validate_prepared(paths.prepared, paths.validation_summary)
-        models = [compare_architecture(args, name, paths) for name in args.architectures]
+        models = [
+            compare_architecture(args, name, seed, paths)
+            for name in args.architectures
+            for seed in args.seeds
+        ]
     settings = {
         "image_size": args.image_size,
         "epochs": args.epochs,
-        "seed": params.train.seed,
+        "seeds": args.seeds,
         "batch_size": params.train.batch_size,
         "lr": params.train.lr,
         "split_sizes": info.split_sizes,

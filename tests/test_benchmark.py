@@ -101,11 +101,14 @@ def test_one_precision_writes_no_comparison(tmp_path, monkeypatch):
 @pytest.mark.skipif(
     not CAMVID or not Path(CAMVID).is_dir(), reason="set SEGPIPE_CAMVID to a CamVid folder to run it"
 )
-def test_precision_quality_scores_both_precisions_per_class_and_their_agreement(tmp_path):
+def test_precision_quality_scores_both_precisions_per_class_and_their_agreement_per_seed(tmp_path):
     precision_quality.main(
         [
             "--architectures",
             "unet",
+            "--seeds",
+            "42",
+            "7",
             "--epochs",
             "1",
             "--max-per-split",
@@ -120,9 +123,15 @@ def test_precision_quality_scores_both_precisions_per_class_and_their_agreement(
     )
     report = json.loads((tmp_path / "precision_quality.json").read_text())
     assert report["settings"]["split_sizes"] == {"train": 4, "val": 4, "test": 4}
-    (model,) = report["models"]
-    for precision, memory_format in (("fp32", "contiguous"), ("bf16", "channels_last")):
-        assert list(model[precision]["per_class_iou"]) == report["class_names"]
-        assert model[precision]["memory_format"] == memory_format and 0 <= model[precision]["test_miou"] <= 1
-    assert 0.5 < model["bf16_eval_agreement"]["labelled_pixels"] <= 1
-    assert "| unet |" in (tmp_path / "precision_quality.md").read_text()
+    runs = [(model["architecture"], model["seed"]) for model in report["models"]]
+    assert runs == [("unet", 42), ("unet", 7)]
+    for model in report["models"]:
+        for precision, memory_format in (("fp32", "contiguous"), ("bf16", "channels_last")):
+            assert list(model[precision]["per_class_iou"]) == report["class_names"]
+            assert model[precision]["memory_format"] == memory_format
+            assert 0 <= model[precision]["test_miou"] <= 1
+        assert 0.5 < model["bf16_eval_agreement"]["labelled_pixels"] <= 1
+    first, second = report["models"]
+    assert first["fp32"]["per_class_iou"] != second["fp32"]["per_class_iou"]  # the seed reaches the training
+    text = (tmp_path / "precision_quality.md").read_text()
+    assert "| unet | 42 |" in text and "| unet | 7 |" in text
