@@ -33,8 +33,8 @@ def test_every_shipped_recipe_fits_the_shipped_params(project, name):
 def test_the_camvid_recipe_sets_its_settings_and_keeps_the_comments(project, capsys):
     assert main(["--root", str(project), "--params", str(project / "params.yaml"), "recipe", "camvid"]) == 0
     params = load_params(project / "params.yaml")
-    assert params.prepare.image_size is None
-    assert params.train.crop == (192, 256)
+    assert params.prepare.image_size == (192, 256) and params.train.crop is None
+    assert params.train.architectures[0] == "smp_unet"
     assert params.train.loss.name == "ce+dice" and params.train.loss.class_weights == "inverse_sqrt_frequency"
     assert params.train.augment.vflip is False and params.train.augment.hflip is True
     assert params.evaluate.tta == ["hflip"]
@@ -42,7 +42,7 @@ def test_the_camvid_recipe_sets_its_settings_and_keeps_the_comments(project, cap
     text = (project / "params.yaml").read_text()
     assert "# segpipe experiment table" in text and "# AdamW" in text
     assert "max_side: null" in text  # nulls written as params.yaml writes them
-    assert "train.crop" in capsys.readouterr().out
+    assert "prepare.image_size" in capsys.readouterr().out
 
 
 def test_an_unknown_recipe_is_a_one_line_error_naming_the_known_ones(project, capsys):
