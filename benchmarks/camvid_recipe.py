@@ -10,8 +10,10 @@
 
 Both are scored on the same CamVid test images against the same 192x256 masks (nearest-resized from the
 originals; segpipe predicts at the resolution it was prepared at and its logits are resized to 192x256), and
-segpipe's model also at full resolution. ``--ablation-minutes`` adds shorter runs, one ingredient added per
-row. Writes ``reports/benchmarks/camvid_recipe.{csv,md,json}``.
+segpipe's model also against the original full-resolution masks (its logits resized to them).
+``--ablation-minutes`` adds shorter runs: one ingredient added per row from the plain loop's settings to the
+recipe's, then one row per ingredient the recipe leaves out. ``--pretrain-minutes`` compares the recipe from
+scratch with denoising pretraining + fine-tuning. Writes ``reports/benchmarks/camvid_recipe.{csv,md,json}``.
 """
 
 from __future__ import annotations
@@ -203,8 +205,17 @@ def fitting_epochs(params: Params, paths: ProjectPaths, minutes: float) -> tuple
     return max(params.train.warmup_epochs + 1, int(minutes * 60 // seconds)), seconds
 
 
+def native_test_masks(paths: ProjectPaths) -> list[np.ndarray]:
+    """The test split's original masks (void -> ignore), in the prepared split's order."""
+    rows = pd.read_csv(paths.prepared / "manifest.csv")
+    test = rows[rows["split"] == "test"].sort_values("index")
+    masks = (np.asarray(Image.open(path)) for path in test["source_mask"])
+    return [np.where(mask == VOID, IGNORE, mask).astype(np.uint8) for mask in masks]
+
+
 def evaluate_segpipe(params: Params, paths: ProjectPaths) -> dict[str, np.ndarray]:
-    """Confusion matrices at the prepared resolution and against the 192x256 masks."""
+    """Confusion matrices against the original full-resolution masks and against the 192x256 masks (the
+    logits resized to each)."""
     name = params.train.architectures[0]
     mode = ComputeMode.resolve(torch.device("cpu"), params.train.precision, params.train.memory_format)
     model, _ = load_checkpoint(paths.checkpoint(name), mode.device)
@@ -212,12 +223,12 @@ def evaluate_segpipe(params: Params, paths: ProjectPaths) -> dict[str, np.ndarra
     settings = InferenceSettings.from_params(params.evaluate)
     test = load_split(paths.prepared, "test")
     full = small = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
-    for index in range(len(test)):
+    for index, mask in enumerate(native_test_masks(paths)):
         image = torch.from_numpy(np.array(test.image(index))).permute(2, 0, 1)[None].float() / 255
         with mode.autocast():
             logits = predict_logits(model, mode.inputs(image), settings).float()
-        mask = np.array(test.mask(index))
-        full = full + confusion(logits.argmax(1)[0].numpy(), mask)
+        native = F.interpolate(logits, size=mask.shape, mode="bilinear", align_corners=False)
+        full = full + confusion(native.argmax(1)[0].numpy(), mask)
         resized = F.interpolate(logits, size=SIZE, mode="bilinear", align_corners=False)
         small = small + confusion(resized.argmax(1)[0].numpy(), resize_mask(mask))
     return {"192x256": small, "full": full}
