@@ -67,7 +67,7 @@ def project(tmp_path_factory, mlflow_server) -> Path:
     dest = tmp_path_factory.mktemp("segpipe")
     for name in ("pipelines", "src"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore", "data/raw/README.md"):
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore", "data/raw/README.md", "data/unlabelled/README.md"):
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, dest / name)
     params = tiny_params()

@@ -332,7 +332,8 @@ def project(tmp_path_factory, server) -> Path:
     dest = tmp_path_factory.mktemp("segpipe")
     for name in ("pipelines", "src"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore", "data/unlabelled/README.md"):
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, dest / name)
     write_squares_dataset(dest / "data/raw")
     (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
