@@ -101,6 +101,11 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int] = SIZE) -> np.ndarray:
     return np.asarray(Image.fromarray(mask).resize(size[::-1], Image.NEAREST))
 
 
+def void_to_ignore(mask: np.ndarray) -> np.ndarray:
+    """A CamVid mask (uint8) with its void class set to the ignored label."""
+    return np.where(mask == VOID, IGNORE, mask).astype(np.uint8)
+
+
 def confusion(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     keep = truth != IGNORE
     index = truth[keep].astype(np.int64) * NUM_CLASSES + pred[keep].astype(np.int64)
@@ -123,7 +128,7 @@ def load_resized(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         image = Image.open(root / split / "images" / name).convert("RGB").resize(SIZE[::-1], Image.BILINEAR)
         mask = resize_mask(np.asarray(Image.open(root / split / "masks" / name)))
         images.append(np.asarray(image))
-        masks.append(np.where(mask == VOID, IGNORE, mask))
+        masks.append(void_to_ignore(mask))
     images_t = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
     return images_t, torch.from_numpy(np.stack(masks)).long()
 
@@ -210,7 +215,7 @@ def native_test_masks(paths: ProjectPaths) -> list[np.ndarray]:
     rows = pd.read_csv(paths.prepared / "manifest.csv")
     test = rows[rows["split"] == "test"].sort_values("index")
     masks = (np.asarray(Image.open(path)) for path in test["source_mask"])
-    return [np.where(mask == VOID, IGNORE, mask).astype(np.uint8) for mask in masks]
+    return [void_to_ignore(mask) for mask in masks]
 
 
 def evaluate_segpipe(params: Params, paths: ProjectPaths) -> dict[str, np.ndarray]:
