@@ -17,6 +17,7 @@ from segpipe.tasks.class_weights import (
     median_frequency_weights,
 )
 from segpipe.tasks.losses import FocalLoss, WeightedSum, loss_term, segmentation_loss
+from segpipe.tasks.segment import SegmentTask
 
 IGNORE = 255
 CLASSES = 3
@@ -137,3 +138,16 @@ def test_the_stage_resolves_listed_and_computed_weights(tmp_path):
     write_manifest(paths.prepared, {"train": [[60, 20, 20], [90, 10, 0], [100, 0, 0]]})
     computed = resolve_class_weights(params_with("median_frequency"), INFO, paths)
     assert computed == pytest.approx([0.24, 4 / 3, 1.0])
+
+
+@pytest.mark.parametrize("name", [*LOSS_TERMS, "ce+lovasz"])
+def test_every_loss_trains_on_bf16_logits_under_autocast(name):
+    logits, masks = logits_and_masks(4)
+    logits = logits.to(torch.bfloat16).requires_grad_(True)
+    terms = name.split("+")
+    task = SegmentTask(CLASSES, IGNORE, criterion=segmentation_loss(terms, [1.0] * len(terms), IGNORE))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = task.loss(logits, masks)
+    value.backward()
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+    assert logits.grad.dtype == torch.bfloat16 and logits.grad.abs().sum() > 0

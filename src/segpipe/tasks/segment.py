@@ -61,7 +61,8 @@ class SegmentTask:
         return images, masks
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self._criterion(outputs, targets)
+        # In fp32 under bf16 autocast too: smp's Lovasz and Dice reductions mix dtypes or lose precision.
+        return self._criterion(outputs.float(), targets)
 
     def validate(self, model: nn.Module, loader: Loader) -> dict[str, float]:
         loss, matrix = evaluate_split(model, loader, self.num_classes, self.ignore_index)
