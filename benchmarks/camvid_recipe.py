@@ -5,7 +5,7 @@
 1. The plain loop, as a notebook would write it: smp Unet-resnet18 from scratch, fp32, AdamW lr 2e-3 constant,
    cross-entropy ignoring void, horizontal flips, batch 8, images resized to 192x256, for ``--minutes``.
 2. segpipe's recipe (``recipes/camvid.yaml``, or ``--recipe``) through segpipe's own train stage, for the same
-   minutes: the epoch count is set from a one-epoch calibration run of the same settings, so that training
+   minutes: the epoch count is set from a two-epoch calibration run of the same settings, so that training
    (validation included) fits the budget.
 
 Both are scored on the same CamVid test images against the same 192x256 masks (nearest-resized from the
@@ -72,10 +72,15 @@ PLAIN_SETTINGS = {
 def ablation_rows(recipe: dict) -> list[tuple[str, dict[str, Any]]]:
     """Cumulative rows from the plain loop's settings to the recipe's, one ingredient added per row."""
     train, tta = recipe["train"], recipe.get("evaluate", {}).get("tta", [])
-    loss = train["loss"]
-    return [
+    loss, architecture = train["loss"], train["architectures"][0]
+    rows = [
         ("smp_unet, 192x256, fp32, ce, cosine", PLAIN_SETTINGS),
         ("+ bf16 where the CPU has it", {"train": {"precision": train["precision"]}}),
+    ]
+    if architecture != PLAIN_SETTINGS["train"]["architectures"][0]:
+        rows.append((f"+ {architecture} instead of smp_unet", {"train": {"architectures": [architecture]}}))
+    return [
+        *rows,
         (
             f"+ {loss['name']}, {loss['class_weights']} class weights, warm-up",
             {"train": {"loss": loss, "warmup_epochs": train["warmup_epochs"]}},
@@ -84,14 +89,19 @@ def ablation_rows(recipe: dict) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-# Rows that change one setting of the recipe, for ingredients it leaves out.
-ALTERNATIVES: list[tuple[str, dict[str, Any]]] = [
-    ("recipe with segpipe unet", {"train": {"architectures": ["unet"]}}),
-    (
-        "recipe at native resolution, 192x256 crops",
-        {"prepare": {"image_size": None}, "train": {"crop": list(SIZE)}},
-    ),
-]
+def alternative_rows(recipe: dict) -> list[tuple[str, dict[str, Any]]]:
+    """Rows that change one setting of the recipe, for ingredients it leaves out: its other architectures,
+    and native resolution with crops."""
+    return [
+        *(
+            (f"recipe with {name}", {"train": {"architectures": [name]}})
+            for name in recipe["train"]["architectures"][1:]
+        ),
+        (
+            "recipe at native resolution, 192x256 crops",
+            {"prepare": {"image_size": None}, "train": {"crop": list(SIZE)}},
+        ),
+    ]
 
 
 # ---------------------------------------------------------------- shared scoring
@@ -202,11 +212,12 @@ def prepared_project(params: Params, scratch: Path) -> ProjectPaths:
 
 
 def fitting_epochs(params: Params, paths: ProjectPaths, minutes: float) -> tuple[int, float]:
-    """Epochs of these settings that fit ``minutes``, from a timed one-epoch run (validation included)."""
-    one_epoch = parse_params(
-        merged(params.model_dump(by_alias=True), {"train": {"epochs": 1, "warmup_epochs": 0}})
+    """Epochs of these settings that fit ``minutes``, from the second epoch of a timed two-epoch run
+    (validation included; the first epoch also pays one-off start-up costs)."""
+    two_epochs = parse_params(
+        merged(params.model_dump(by_alias=True), {"train": {"epochs": 2, "warmup_epochs": 0}})
     )
-    seconds = run_train(one_epoch, params.train.architectures[0], paths, progress=False).seconds
+    seconds = run_train(two_epochs, params.train.architectures[0], paths, progress=False).history[-1].seconds
     return max(params.train.warmup_epochs + 1, int(minutes * 60 // seconds)), seconds
 
 
@@ -432,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
                 record = run_segpipe(args, list(overlays), args.ablation_minutes, Path(scratch))
                 report["ablation"].append((label, record))
                 print(f"ablation {label}: {record['test_192x256']['miou']:.4f}", flush=True)
-            for label, overlay in ALTERNATIVES:
+            for label, overlay in alternative_rows(yaml.safe_load(args.recipe.read_text())):
                 record = run_segpipe(args, [overlay], args.ablation_minutes, Path(scratch))
                 report["ablation"].append((label, record))
                 print(f"ablation {label}: {record['test_192x256']['miou']:.4f}", flush=True)

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
-from benchmarks import precision_quality
+from benchmarks import camvid_recipe, precision_quality
 from benchmarks.training_speed import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CAMVID = os.environ.get("SEGPIPE_CAMVID")
 
@@ -135,3 +138,20 @@ def test_precision_quality_scores_both_precisions_per_class_and_their_agreement_
     assert first["fp32"]["per_class_iou"] != second["fp32"]["per_class_iou"]  # the seed reaches the training
     text = (tmp_path / "precision_quality.md").read_text()
     assert "| unet | 42 |" in text and "| unet | 7 |" in text
+
+
+def test_the_camvid_ablation_adds_up_to_the_recipe_and_the_alternatives_change_one_setting():
+    recipe = yaml.safe_load((ROOT / "recipes" / "camvid.yaml").read_text())
+    rows = camvid_recipe.ablation_rows(recipe)
+    settings = camvid_recipe.merged({}, *(overlay for _, overlay in rows))
+    assert settings["train"]["architectures"] == recipe["train"]["architectures"][:1]
+    for key in ("precision", "loss", "warmup_epochs"):
+        assert settings["train"][key] == recipe["train"][key]
+    assert settings["evaluate"]["tta"] == recipe["evaluate"]["tta"]
+    assert rows[0][1]["train"]["architectures"] == ["smp_unet"]  # the plain loop's model
+    alternatives = dict(camvid_recipe.alternative_rows(recipe))
+    others = recipe["train"]["architectures"][1:]
+    assert [alternatives[f"recipe with {name}"]["train"]["architectures"] for name in others] == [
+        [n] for n in others
+    ]
+    assert alternatives["recipe at native resolution, 192x256 crops"]["prepare"]["image_size"] is None

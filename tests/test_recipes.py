@@ -34,7 +34,7 @@ def test_the_camvid_recipe_sets_its_settings_and_keeps_the_comments(project, cap
     assert main(["--root", str(project), "--params", str(project / "params.yaml"), "recipe", "camvid"]) == 0
     params = load_params(project / "params.yaml")
     assert params.prepare.image_size == (192, 256) and params.train.crop is None
-    assert params.train.architectures[0] == "smp_unet"
+    assert params.train.architectures == ["unet", "smp_unet"]
     assert params.train.loss.name == "ce+dice" and params.train.loss.class_weights == "inverse_sqrt_frequency"
     assert params.train.augment.vflip is False and params.train.augment.hflip is True
     assert params.evaluate.tta == ["hflip"]
