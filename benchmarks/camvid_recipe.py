@@ -73,14 +73,16 @@ def ablation_rows(recipe: dict) -> list[tuple[str, dict[str, Any]]]:
     """Cumulative rows from the plain loop's settings to the recipe's, one ingredient added per row."""
     train, tta = recipe["train"], recipe.get("evaluate", {}).get("tta", [])
     loss, architecture = train["loss"], train["architectures"][0]
-    rows = [
-        ("smp_unet, 192x256, fp32, ce, cosine", PLAIN_SETTINGS),
-        ("+ bf16 where the CPU has it", {"train": {"precision": train["precision"]}}),
-    ]
-    if architecture != PLAIN_SETTINGS["train"]["architectures"][0]:
-        rows.append((f"+ {architecture} instead of smp_unet", {"train": {"architectures": [architecture]}}))
+    plain_model = PLAIN_SETTINGS["train"]["architectures"][0]
+    model_row = (
+        []
+        if architecture == plain_model
+        else [(f"+ {architecture} instead of {plain_model}", {"train": {"architectures": [architecture]}})]
+    )
     return [
-        *rows,
+        (f"{plain_model}, 192x256, fp32, ce, cosine", PLAIN_SETTINGS),
+        ("+ bf16 where the CPU has it", {"train": {"precision": train["precision"]}}),
+        *model_row,
         (
             f"+ {loss['name']}, {loss['class_weights']} class weights, warm-up",
             {"train": {"loss": loss, "warmup_epochs": train["warmup_epochs"]}},
@@ -438,12 +440,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.ablation_minutes:
             report["ablation_minutes"] = args.ablation_minutes
             report["ablation"], overlays = [], []
-            for label, overlay in ablation_rows(yaml.safe_load(args.recipe.read_text())):
+            recipe = yaml.safe_load(args.recipe.read_text())
+            for label, overlay in ablation_rows(recipe):
                 overlays.append(overlay)
                 record = run_segpipe(args, list(overlays), args.ablation_minutes, Path(scratch))
                 report["ablation"].append((label, record))
                 print(f"ablation {label}: {record['test_192x256']['miou']:.4f}", flush=True)
-            for label, overlay in alternative_rows(yaml.safe_load(args.recipe.read_text())):
+            for label, overlay in alternative_rows(recipe):
                 record = run_segpipe(args, [overlay], args.ablation_minutes, Path(scratch))
                 report["ablation"].append((label, record))
                 print(f"ablation {label}: {record['test_192x256']['miou']:.4f}", flush=True)
