@@ -12,7 +12,8 @@ import torch
 
 from segpipe.config import load_params
 from segpipe.data.loader import BatchLoader
-from segpipe.models import build_model
+from segpipe.models import available_architectures, build_model
+from segpipe.models.float32 import Float32Forward, keep_float32
 from segpipe.paths import ProjectPaths
 from segpipe.stages import train as train_stage
 from segpipe.tasks.segment import SegmentTask
@@ -111,7 +112,9 @@ def test_bf16_channels_last_training_learns_with_fp32_master_weights(easy_data):
     train = BatchLoader(easy_data(32, 0), 8, CPU, shuffle=True, hflip=True, seed=0, drop_last=True)
     val = BatchLoader(easy_data(8, 1), 8, CPU)
     settings = TrainerSettings(4, 5e-3, 0.0, progress=False, precision="bf16", channels_last=True)
-    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv = next(
+        m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and not isinstance(m, Float32Forward)
+    )
     seen = set()
     conv.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
     trainer = Trainer(SegmentTask(2, 255), settings)
@@ -135,8 +138,50 @@ def test_bf16_evaluation_agrees_with_fp32_on_almost_every_pixel():
         mode.prepare(model)
         with mode.autocast():
             bf16 = model(mode.inputs(images))
-    assert bf16.dtype == torch.bfloat16
+    assert bf16.dtype == torch.float32  # the head computes the logits in float32
     assert (bf16.argmax(1) == fp32).float().mean() > 0.9
+
+
+def _executed_layers(
+    model: torch.nn.Module, images: torch.Tensor
+) -> list[tuple[torch.nn.Module, torch.dtype]]:
+    """Every convolution ``model`` runs on ``images`` under CPU bf16 autocast, in call order, with the dtype
+    of its output; and the logits as the last entry."""
+    calls: list[tuple[torch.nn.Module, torch.dtype]] = []
+    convolutions = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    for layer in model.modules():
+        if isinstance(layer, convolutions):
+            layer.register_forward_hook(lambda module, inputs, output: calls.append((module, output.dtype)))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(images)
+    return [*calls, (model, logits.dtype)]
+
+
+@pytest.mark.parametrize("architecture", available_architectures())
+def test_every_architecture_keeps_its_first_convolution_and_logits_in_float32_under_bf16(architecture):
+    model = build_model(architecture, 5).eval()
+    calls = _executed_layers(model, torch.rand(1, 3, 64, 64))
+    (first, first_dtype), (_, logits_dtype) = calls[0], calls[-1]
+    assert isinstance(first, Float32Forward) and first_dtype == torch.float32
+    assert logits_dtype == torch.float32
+    inner = [dtype for layer, dtype in calls[1:-1] if not isinstance(layer, Float32Forward)]
+    assert torch.bfloat16 in inner  # the layers between still run in bf16
+
+
+def test_a_float32_layer_keeps_its_weights_and_fp32_result():
+    torch.manual_seed(0)
+    plain = torch.nn.Conv2d(3, 4, 3, padding=1)
+    kept = torch.nn.Conv2d(3, 4, 3, padding=1)
+    kept.load_state_dict(plain.state_dict())
+    keep_float32(kept)
+    images = torch.rand(2, 3, 8, 8)
+    assert list(kept.state_dict()) == list(plain.state_dict())
+    with torch.no_grad():
+        assert torch.equal(kept(images), plain(images))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed, rounded = kept(images), plain(images)
+    assert mixed.dtype == torch.float32 and rounded.dtype == torch.bfloat16
+    assert torch.allclose(mixed, plain(images), atol=1e-6)
 
 
 RECORDED_TAGS: list[dict[str, str]] = []

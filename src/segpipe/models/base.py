@@ -6,6 +6,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from segpipe.models.float32 import keep_edges_float32
+
 
 class InputNormalisation(nn.Module):
     """``(x - mean) / std`` per channel, on images scaled to [0, 1]; identity (mean 0, std 1) by default.
@@ -98,12 +100,14 @@ class SegmentationNetwork(nn.Module):
 
 
 class SegmentationModel(SegmentationNetwork):
-    """Encoder -> decoder -> head, the layout of segpipe's own architectures."""
+    """Encoder -> decoder -> head, the layout of segpipe's own architectures. The encoder's first convolution
+    and the head compute in float32 under autocast (:mod:`segpipe.models.float32`)."""
 
     def __init__(
         self, encoder: nn.Module, decoder: nn.Module, head: nn.Module, output_stride: int, in_channels: int
     ):
         super().__init__(output_stride, in_channels)
+        keep_edges_float32(encoder, head)
         self.encoder = encoder
         self.decoder = decoder
         self.head = head

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segpipe.models.float32 import in_float32
 from segpipe.models.options import UPSAMPLE_MODES, UpsampleMode
 
 
@@ -73,9 +74,8 @@ class StridedConvTranspose2d(nn.ConvTranspose2d):
     """
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        if max(self.stride) > 2 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            with torch.autocast("cpu", enabled=False):
-                return super().forward(x.float(), output_size)
+        if max(self.stride) > 2 and x.device.type == "cpu":
+            return in_float32(super().forward, x, output_size)
         return super().forward(x, output_size)
 
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from segpipe.models.base import SegmentationNetwork
+from segpipe.models.float32 import keep_edges_float32
 from segpipe.models.smp.config import SmpConfig
 
 SmpArchitecture = Literal["Unet", "FPN", "DeepLabV3Plus"]
@@ -16,7 +17,8 @@ class SmpModel(SegmentationNetwork):
     """A randomly initialised ``smp.<architecture>`` (``encoder_weights=None``) with segpipe's input
     normalisation, shape check and ``output_stride``: the encoder's, or 1 where smp accepts any size
     (smp.Unet in 0.6). State-dict keys are the smp model's, prefixed with ``network.``, and
-    ``normalisation.mean`` / ``normalisation.std``.
+    ``normalisation.mean`` / ``normalisation.std``. The encoder's first convolution and the segmentation head
+    compute in float32 under autocast (:mod:`segpipe.models.float32`).
 
     Args:
         num_classes: Output channels (logits per class).
@@ -37,6 +39,7 @@ class SmpModel(SegmentationNetwork):
         )
         divisible = network.requires_divisible_input_shape
         super().__init__(network.encoder.output_stride if divisible else 1, in_channels)
+        keep_edges_float32(network.encoder, network.segmentation_head)
         self.network = network
 
     def encoder_module(self) -> nn.Module:
