@@ -13,7 +13,7 @@ import torch
 from segpipe.config import load_params
 from segpipe.data.loader import BatchLoader
 from segpipe.models import available_architectures, build_model
-from segpipe.models.float32 import Float32Forward, keep_float32
+from segpipe.models.float32 import Float32Forward, Float32Input, keep_edges_float32
 from segpipe.paths import ProjectPaths
 from segpipe.stages import train as train_stage
 from segpipe.tasks.segment import SegmentTask
@@ -113,7 +113,9 @@ def test_bf16_channels_last_training_learns_with_fp32_master_weights(easy_data):
     val = BatchLoader(easy_data(8, 1), 8, CPU)
     settings = TrainerSettings(4, 5e-3, 0.0, progress=False, precision="bf16", channels_last=True)
     conv = next(
-        m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and not isinstance(m, Float32Forward)
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.Conv2d) and not isinstance(m, (Float32Forward, Float32Input))
     )
     seen = set()
     conv.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
@@ -158,30 +160,33 @@ def _executed_layers(
 
 
 @pytest.mark.parametrize("architecture", available_architectures())
-def test_every_architecture_keeps_its_first_convolution_and_logits_in_float32_under_bf16(architecture):
+def test_every_architecture_reads_its_input_and_gives_its_logits_in_float32_under_bf16(architecture):
     model = build_model(architecture, 5).eval()
     calls = _executed_layers(model, torch.rand(1, 3, 64, 64))
     (first, first_dtype), (_, logits_dtype) = calls[0], calls[-1]
-    assert isinstance(first, Float32Forward) and first_dtype == torch.float32
+    assert isinstance(first, Float32Input) and first_dtype == torch.bfloat16
     assert logits_dtype == torch.float32
     inner = [dtype for layer, dtype in calls[1:-1] if not isinstance(layer, Float32Forward)]
     assert torch.bfloat16 in inner  # the layers between still run in bf16
 
 
-def test_a_float32_layer_keeps_its_weights_and_fp32_result():
+def test_float32_edges_keep_the_weights_and_compute_from_unrounded_values():
     torch.manual_seed(0)
-    plain = torch.nn.Conv2d(3, 4, 3, padding=1)
-    kept = torch.nn.Conv2d(3, 4, 3, padding=1)
-    kept.load_state_dict(plain.state_dict())
-    keep_float32(kept)
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4, 2, 1))
+    edged = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4, 2, 1))
+    edged.load_state_dict(plain.state_dict())
+    keep_edges_float32(edged, edged[1])
     images = torch.rand(2, 3, 8, 8)
-    assert list(kept.state_dict()) == list(plain.state_dict())
+    assert list(edged.state_dict()) == list(plain.state_dict())
     with torch.no_grad():
-        assert torch.equal(kept(images), plain(images))
+        exact_first = plain[0](images)
+        assert torch.equal(edged(images), plain(images))
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            mixed, rounded = kept(images), plain(images)
-    assert mixed.dtype == torch.float32 and rounded.dtype == torch.bfloat16
-    assert torch.allclose(mixed, plain(images), atol=1e-6)
+            first = edged[0](images)
+            logits, rounded = edged[1](first), plain[1](first)
+        assert torch.equal(first, exact_first.to(torch.bfloat16))  # computed in float32, handed on in bf16
+        assert logits.dtype == torch.float32 and rounded.dtype == torch.bfloat16
+        assert torch.allclose(logits, plain[1](first.float()), atol=1e-6)
 
 
 RECORDED_TAGS: list[dict[str, str]] = []

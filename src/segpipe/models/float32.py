@@ -1,10 +1,11 @@
-"""Layers that compute in float32 under autocast: a network's first convolution and its logits layer.
+"""Float32 at a network's two edges under autocast: its first convolution reads the image unrounded, and its
+logits layer computes and returns float32.
 
-bfloat16 keeps 8 significant bits. Rounding the normalised image into the first convolution, and the logits
-out of the last layer, flips the predicted class wherever two classes score within a few hundredths of each
-other. These two layers are thin (few input channels, few output channels), so computing them in float32,
-as low-precision inference commonly keeps a network's first and last layers, costs little and removes most
-of those flips. Outside autocast nothing changes.
+bfloat16 keeps 8 significant bits. Rounding the normalised image before the first convolution, and the logits
+after the last layer, flips the predicted class wherever two classes score within a few hundredths of each
+other. Both layers are thin (few input channels, few output channels), so they cost little in float32; the
+first convolution hands the next layer autocast's dtype, so everything between runs as before. Outside
+autocast nothing changes.
 """
 
 import functools
@@ -25,22 +26,33 @@ def in_float32(forward: Callable[..., Any], x: torch.Tensor, *args: Any, **kwarg
 
 
 class Float32Forward(nn.Module):
-    """Mixin: the layer's own ``forward``, run through :func:`in_float32`."""
+    """Mixin: the layer's own ``forward`` in float32, returning float32."""
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         return in_float32(super().forward, x, *args, **kwargs)
 
 
+class Float32Input(nn.Module):
+    """Mixin: the layer's own ``forward`` in float32, returning autocast's dtype."""
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        device_type = x.device.type
+        output = in_float32(super().forward, x, *args, **kwargs)
+        if torch.is_autocast_enabled(device_type):
+            return output.to(torch.get_autocast_dtype(device_type))
+        return output
+
+
 @functools.cache
-def _float32_variant(layer_class: type[nn.Module]) -> type[nn.Module]:
-    return type(f"Float32{layer_class.__name__}", (Float32Forward, layer_class), {"__module__": __name__})
+def _variant(mixin: type[nn.Module], layer_class: type[nn.Module]) -> type[nn.Module]:
+    name = f"{mixin.__name__.removesuffix('Forward')}{layer_class.__name__}"
+    return type(name, (mixin, layer_class), {"__module__": __name__})
 
 
-def keep_float32(layer: nn.Module) -> None:
-    """Make ``layer`` compute in float32 under autocast, in place; its parameters, buffers and state-dict
-    keys stay as they are, so weights load and save unchanged."""
-    if not isinstance(layer, Float32Forward):
-        layer.__class__ = _float32_variant(type(layer))
+def _mix_in(layer: nn.Module, mixin: type[nn.Module]) -> None:
+    # only the class changes: parameters, buffers and state-dict keys stay, so weights load and save as before
+    if not isinstance(layer, (Float32Forward, Float32Input)):
+        layer.__class__ = _variant(mixin, type(layer))
 
 
 def first_convolution(module: nn.Module) -> nn.Conv2d:
@@ -52,6 +64,7 @@ def first_convolution(module: nn.Module) -> nn.Conv2d:
 
 
 def keep_edges_float32(encoder: nn.Module, head: nn.Module) -> None:
-    """Keep the encoder's first convolution and the whole ``head`` (the layer giving logits) in float32."""
-    keep_float32(first_convolution(encoder))
-    keep_float32(head)
+    """Under autocast, the encoder's first convolution reads its input in float32 and ``head`` (the layer
+    giving the logits) computes and returns float32; in place."""
+    _mix_in(first_convolution(encoder), Float32Input)
+    _mix_in(head, Float32Forward)
