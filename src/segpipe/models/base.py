@@ -100,8 +100,9 @@ class SegmentationNetwork(nn.Module):
 
 
 class SegmentationModel(SegmentationNetwork):
-    """Encoder -> decoder -> head, the layout of segpipe's own architectures. The encoder's first convolution
-    and the head compute in float32 under autocast (:mod:`segpipe.models.float32`)."""
+    """Encoder -> decoder -> head, the layout of segpipe's own architectures. Under autocast the encoder's
+    first convolution reads its input in float32 and the head returns float32 logits
+    (:mod:`segpipe.models.float32`)."""
 
     def __init__(
         self, encoder: nn.Module, decoder: nn.Module, head: nn.Module, output_stride: int, in_channels: int

@@ -32,12 +32,12 @@ class Float32Forward(nn.Module):
         return in_float32(super().forward, x, *args, **kwargs)
 
 
-class Float32Input(nn.Module):
+class Float32Input(Float32Forward):
     """Mixin: the layer's own ``forward`` in float32, returning autocast's dtype."""
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         device_type = x.device.type
-        output = in_float32(super().forward, x, *args, **kwargs)
+        output = super().forward(x, *args, **kwargs)
         if torch.is_autocast_enabled(device_type):
             return output.to(torch.get_autocast_dtype(device_type))
         return output
@@ -51,7 +51,7 @@ def _variant(mixin: type[nn.Module], layer_class: type[nn.Module]) -> type[nn.Mo
 
 def _mix_in(layer: nn.Module, mixin: type[nn.Module]) -> None:
     # only the class changes: parameters, buffers and state-dict keys stay, so weights load and save as before
-    if not isinstance(layer, (Float32Forward, Float32Input)):
+    if not isinstance(layer, Float32Forward):
         layer.__class__ = _variant(mixin, type(layer))
 
 

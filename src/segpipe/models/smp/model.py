@@ -17,8 +17,9 @@ class SmpModel(SegmentationNetwork):
     """A randomly initialised ``smp.<architecture>`` (``encoder_weights=None``) with segpipe's input
     normalisation, shape check and ``output_stride``: the encoder's, or 1 where smp accepts any size
     (smp.Unet in 0.6). State-dict keys are the smp model's, prefixed with ``network.``, and
-    ``normalisation.mean`` / ``normalisation.std``. The encoder's first convolution and the segmentation head
-    compute in float32 under autocast (:mod:`segpipe.models.float32`).
+    ``normalisation.mean`` / ``normalisation.std``. Under autocast the encoder's first convolution
+    reads its input in float32 and the segmentation head returns float32 logits
+    (:mod:`segpipe.models.float32`).
 
     Args:
         num_classes: Output channels (logits per class).
